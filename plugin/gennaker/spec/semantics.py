@@ -1,0 +1,194 @@
+"""Checks that need the whole pipeline: ids, the stage graph, what a stage needs upstream."""
+
+from __future__ import annotations
+
+from gennaker.spec.errors import Loc, SpecError
+from gennaker.spec.models import (
+    CanaryStage,
+    DeployStage,
+    Pipeline,
+    PipelineTrigger,
+    PromoteStage,
+    RunPipelineStage,
+)
+from gennaker.spec.validation import did_you_mean
+from gennaker.spec.yamlsource import SourceMap
+
+
+def ancestors(parents: dict[str, list[str]], stage_id: str) -> set[str]:
+    """Every stage that must finish before ``stage_id`` (cycle-safe)."""
+    seen: set[str] = set()
+    stack = list(parents.get(stage_id, []))
+    while stack:
+        s = stack.pop()
+        if s in seen:
+            continue
+        seen.add(s)
+        stack.extend(parents.get(s, []))
+    return seen
+
+
+def find_cycle(parents: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as a list of ids (first == last), or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for p in parents.get(node, []):
+            if p not in parents:
+                continue
+            if state.get(p) == 1:
+                return [*path[path.index(p) :], p]
+            if p not in state:
+                found = visit(p)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in parents:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return list(reversed(found))
+    return None
+
+
+def check(pipeline: Pipeline, positions: SourceMap, known_pipelines: set[str] | None = None) -> list[SpecError]:
+    """All in-file semantic errors of a valid pipeline."""
+    errors: list[SpecError] = []
+    ids: dict[str, int] = {}
+    for i, stage in enumerate(pipeline.stages):
+        loc: Loc = ("stages", i, "id")
+        if stage.id in ids:
+            first = positions.find(("stages", ids[stage.id], "id"))
+            line = f" (first on line {first.line})" if first else ""
+            errors.append(SpecError(f"duplicate stage id {stage.id!r}{line}", positions.find(loc), loc))
+        else:
+            ids[stage.id] = i
+    if errors:
+        return errors
+
+    parents = pipeline.parents()
+    for i, stage in enumerate(pipeline.stages):
+        for j, dep in enumerate(stage.depends_on or []):
+            loc = ("stages", i, "dependsOn", j)
+            if dep not in ids:
+                errors.append(
+                    SpecError(f"no stage with id {dep!r}{did_you_mean(dep, ids)}", positions.find(loc), loc)
+                )
+            elif dep == stage.id:
+                errors.append(SpecError("a stage cannot depend on itself", positions.find(loc), loc))
+    if errors:
+        return errors
+
+    cycle = find_cycle(parents)
+    if cycle:
+        # Point at the dependsOn of the stage that closes the loop.
+        last = cycle[-2]
+        i = ids[last]
+        loc = ("stages", i, "dependsOn")
+        errors.append(SpecError(f"dependency cycle: {' -> '.join(cycle)}", positions.find(loc), loc))
+        return errors
+
+    for i, stage in enumerate(pipeline.stages):
+        up = ancestors(parents, stage.id)
+        up_types = {pipeline.stage(s).type for s in up}
+        if isinstance(stage, PromoteStage) and "deploy" not in up_types and stage.server_group is None:
+            errors.append(
+                SpecError(
+                    "a promote stage needs a deploy stage before it (in its dependsOn chain) "
+                    "or an explicit serverGroup",
+                    positions.find(("stages", i, "type")),
+                    ("stages", i),
+                )
+            )
+        if isinstance(stage, CanaryStage) and stage.baseline is None and "deploy" not in up_types:
+            errors.append(
+                SpecError(
+                    "a canary stage needs a deploy stage before it, or explicit baseline and canary "
+                    "server groups",
+                    positions.find(("stages", i, "type")),
+                    ("stages", i),
+                )
+            )
+        if isinstance(stage, DeployStage):
+            errors.extend(_check_image_source(pipeline, stage, i, up, positions))
+    errors.extend(_check_param_refs(pipeline, positions))
+    if known_pipelines is not None:
+        errors.extend(check_references(pipeline, positions, known_pipelines))
+    return errors
+
+
+def _check_image_source(
+    pipeline: Pipeline, stage: DeployStage, i: int, up: set[str], positions: SourceMap
+) -> list[SpecError]:
+    image_stages = [s for s in up if pipeline.stage(s).type in ("bake", "findImage")]
+    if stage.image is None:
+        if not image_stages:
+            return [
+                SpecError(
+                    "a deploy stage needs an image: a bake or findImage stage before it, or 'image'",
+                    positions.find(("stages", i, "type")),
+                    ("stages", i),
+                )
+            ]
+        return []
+    if stage.image.stage is not None:
+        loc: Loc = ("stages", i, "image", "stage")
+        if stage.image.stage not in up:
+            return [
+                SpecError(
+                    f"image stage {stage.image.stage!r} is not a stage this deploy depends on"
+                    f"{did_you_mean(stage.image.stage, image_stages)}",
+                    positions.find(loc),
+                    loc,
+                )
+            ]
+        if pipeline.stage(stage.image.stage).type not in ("bake", "findImage"):
+            return [SpecError("image stage must be a bake or findImage stage", positions.find(loc), loc)]
+    return []
+
+
+def _check_param_refs(pipeline: Pipeline, positions: SourceMap) -> list[SpecError]:
+    """Required parameters must not be undefined; defaults of options are checked by the model."""
+    errors = []
+    names: dict[str, int] = {}
+    for i, p in enumerate(pipeline.parameters):
+        if p.name in names:
+            loc: Loc = ("parameters", i, "name")
+            errors.append(SpecError(f"duplicate parameter {p.name!r}", positions.find(loc), loc))
+        names[p.name] = i
+    return errors
+
+
+def check_references(pipeline: Pipeline, positions: SourceMap, known: set[str]) -> list[SpecError]:
+    """Triggers and runPipeline stages must name pipelines that exist."""
+    errors = []
+    for i, trig in enumerate(pipeline.triggers):
+        if isinstance(trig, PipelineTrigger):
+            loc: Loc = ("triggers", i, "pipeline")
+            if trig.pipeline not in known:
+                errors.append(
+                    SpecError(
+                        f"unknown pipeline {trig.pipeline!r}{did_you_mean(trig.pipeline, known)}",
+                        positions.find(loc),
+                        loc,
+                    )
+                )
+            elif trig.pipeline == pipeline.dag_id:
+                errors.append(SpecError("a pipeline cannot trigger itself", positions.find(loc), loc))
+    for i, stage in enumerate(pipeline.stages):
+        if isinstance(stage, RunPipelineStage) and stage.pipeline not in known:
+            loc = ("stages", i, "pipeline")
+            errors.append(
+                SpecError(
+                    f"unknown pipeline {stage.pipeline!r}{did_you_mean(stage.pipeline, known)}",
+                    positions.find(loc),
+                    loc,
+                )
+            )
+    return errors
