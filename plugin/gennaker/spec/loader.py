@@ -149,7 +149,7 @@ def _apply_defaults(
             model = model_at(Pipeline, ("stages", i), merged)
             fields = set(_aliases(model)) if isinstance(model, type) else set()
             for sd, sd_pos in stage_defaults:
-                for selector in (stage.get("type"), "*"):
+                for selector in (str(stage.get("type")), "*"):
                     block = sd.get(selector) if isinstance(sd, dict) else None
                     if not isinstance(block, dict):
                         continue
@@ -175,7 +175,7 @@ def _check_defaults_doc(doc: Document) -> list[SpecError]:
         if key in ("stages", "name") or key not in allowed:
             from gennaker.spec.validation import did_you_mean
 
-            hint = did_you_mean(key, sorted(a for a in allowed if a not in ("stages", "name")) + [_DEFAULTS_ONLY])
+            hint = did_you_mean(key, [*sorted(a for a in allowed if a not in ("stages", "name")), _DEFAULTS_ONLY])
             errors.append(
                 SpecError(
                     f"{key!r} cannot be set in defaults.yaml{hint}",

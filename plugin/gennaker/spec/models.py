@@ -39,15 +39,25 @@ class SpecModel(BaseModel):
 # --------------------------------------------------------------------------- common
 
 
+NotifyEvent = Literal["starting", "complete", "failed"]
+RunStatus = Literal["succeeded", "failed"]
+
+
+def _on_failure_only() -> list[NotifyEvent]:
+    return ["failed"]
+
+
+def _succeeded_only() -> list[RunStatus]:
+    return ["succeeded"]
+
+
 class Notification(SpecModel):
     """Tell someone about a pipeline or stage event (Spinnaker's notifications)."""
 
     type: Literal["email", "webhook"]
     to: list[str] = Field(default_factory=list, description="email: recipients")
     url: str | None = Field(default=None, description="webhook: URL that receives a JSON POST")
-    when: list[Literal["starting", "complete", "failed"]] = Field(
-        default_factory=lambda: ["failed"], min_length=1
-    )
+    when: list[NotifyEvent] = Field(default_factory=_on_failure_only, min_length=1)
     message: str | None = Field(default=None, description="extra text, Jinja-templated")
 
     @model_validator(mode="after")
@@ -83,7 +93,9 @@ class ExecutionWindow(SpecModel):
     Outside the window the stage waits (deferred: no worker slot) until it opens.
     """
 
-    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"])
+    days: list[Weekday] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]  # type: ignore[arg-type]
+    )
     hours: list[TimeRange] = Field(default_factory=list, description="empty = all day")
     timezone: str = "UTC"
 
@@ -148,8 +160,7 @@ class Capacity(SpecModel):
     def _ordered(self) -> Capacity:
         if not self.min <= self.desired <= self.max:
             raise ValueError(
-                f"must satisfy min <= desired <= max (got min={self.min}, desired={self.desired}, "
-                f"max={self.max})"
+                f"must satisfy min <= desired <= max (got min={self.min}, desired={self.desired}, max={self.max})"
             )
         return self
 
@@ -498,7 +509,10 @@ class ManualJudgmentStage(StageBase):
     def _options(self) -> ManualJudgmentStage:
         if len(set(self.options)) != len(self.options):
             raise ValueError("options must be unique")
-        for label, values in (("failOn", self.fail_on or []), ("default", [self.default] if self.default else [])):
+        for label, values in (
+            ("failOn", self.fail_on or []),
+            ("default", [self.default] if self.default else []),
+        ):
             unknown = [v for v in values if v not in self.options]
             if unknown:
                 raise ValueError(f"{label} {unknown} must be among options {self.options}")
@@ -627,7 +641,7 @@ class PipelineTrigger(SpecModel):
 
     type: Literal["pipeline"]
     pipeline: str = Field(pattern=r"^[A-Za-z0-9_]+\.[A-Za-z0-9_.-]+$", description="<application>.<name>")
-    status: list[Literal["succeeded", "failed"]] = Field(default_factory=lambda: ["succeeded"], min_length=1)
+    status: list[RunStatus] = Field(default_factory=_succeeded_only, min_length=1)
 
 
 class JenkinsTrigger(SpecModel):

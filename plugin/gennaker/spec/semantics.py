@@ -77,9 +77,7 @@ def check(pipeline: Pipeline, positions: SourceMap, known_pipelines: set[str] | 
         for j, dep in enumerate(stage.depends_on or []):
             loc = ("stages", i, "dependsOn", j)
             if dep not in ids:
-                errors.append(
-                    SpecError(f"no stage with id {dep!r}{did_you_mean(dep, ids)}", positions.find(loc), loc)
-                )
+                errors.append(SpecError(f"no stage with id {dep!r}{did_you_mean(dep, ids)}", positions.find(loc), loc))
             elif dep == stage.id:
                 errors.append(SpecError("a stage cannot depend on itself", positions.find(loc), loc))
     if errors:
@@ -109,8 +107,7 @@ def check(pipeline: Pipeline, positions: SourceMap, known_pipelines: set[str] | 
         if isinstance(stage, CanaryStage) and stage.baseline is None and "deploy" not in up_types:
             errors.append(
                 SpecError(
-                    "a canary stage needs a deploy stage before it, or explicit baseline and canary "
-                    "server groups",
+                    "a canary stage needs a deploy stage before it, or explicit baseline and canary server groups",
                     positions.find(("stages", i, "type")),
                     ("stages", i),
                 )

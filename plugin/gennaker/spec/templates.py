@@ -167,9 +167,7 @@ def expand(spec: Document, search_path: list[Path]) -> tuple[dict[str, Any], Sou
         if var.name in given:
             problem = check_type(var, given[var.name])
             if problem:
-                errors.append(
-                    SpecError(problem, spec.positions.find((*vpos, var.name)), (*vpos, var.name))
-                )
+                errors.append(SpecError(problem, spec.positions.find((*vpos, var.name)), (*vpos, var.name)))
             values[var.name] = given[var.name]
         elif var.is_required:
             desc = f" ({var.description})" if var.description else ""

@@ -47,9 +47,7 @@ def _pick(candidates: list[Any], value: Any) -> Any:
     if len(models) > 1 and isinstance(value, dict):
         for m in models:
             tf = m.model_fields.get("type")
-            if tf is not None and get_origin(tf.annotation) is Literal and value.get("type") in get_args(
-                tf.annotation
-            ):
+            if tf is not None and get_origin(tf.annotation) is Literal and value.get("type") in get_args(tf.annotation):
                 return m
         return None
     if models:
@@ -129,7 +127,10 @@ def _message(err: dict[str, Any], loc: Loc, data: Any, root: type[BaseModel]) ->
     if kind == "union_tag_invalid":
         expected = ctx.get("expected_tags", "")
         tags = [t.strip().strip("'") for t in str(expected).split(",")]
-        return f"unknown type {ctx.get('tag')!r}{did_you_mean(str(ctx.get('tag')), tags)}; one of: {expected}", False
+        return (
+            f"unknown type {ctx.get('tag')!r}{did_you_mean(str(ctx.get('tag')), tags)}; one of: {expected}",
+            False,
+        )
     if kind == "union_tag_not_found":
         return "missing 'type'", False
     if kind == "literal_error":
@@ -158,7 +159,7 @@ def errors_from_validation(
         loc = _resolve_loc(tuple(err["loc"]), data)
         if err["type"] == "union_tag_invalid":
             loc = (*loc, "type")
-        message, on_key = _message(err, loc, data, root)
+        message, on_key = _message(dict(err), loc, data, root)
         if (loc, message) in seen:
             continue
         seen.add((loc, message))

@@ -1,0 +1,140 @@
+"""The DAG factory: pipeline specs in a folder -> Airflow DAGs, one per spec.
+
+Used from the small DAG file in ``dags/``::
+
+    from gennaker.factory import load_dags
+    load_dags(globals())
+
+Broken specs become import errors of their own files (see :mod:`report`);
+the other pipelines load. When Airflow parses the file to run one task, only
+that task's pipeline is built (Airflow's parsing context).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gennaker.factory.builder import build_dag
+from gennaker.factory.index import build_index, mentions
+from gennaker.factory.report import report_import_errors
+from gennaker.spec.errors import SpecErrors
+from gennaker.spec.loader import LoadedSpec, load_folder, load_spec
+from gennaker.spec.models import PipelineTrigger
+
+__all__ = ["FactoryResult", "build_dag", "default_pipelines_folder", "load_dags"]
+
+log = logging.getLogger(__name__)
+
+ENV_FOLDER = "GENNAKER_PIPELINES"
+
+
+@dataclass
+class FactoryResult:
+    dags: dict[str, Any] = field(default_factory=dict)
+    errors: dict[Path, str] = field(default_factory=dict)
+
+
+def default_pipelines_folder(dag_file: str | None = None) -> Path:
+    """``$GENNAKER_PIPELINES``, else ``pipelines/`` next to the DAG file."""
+    if os.environ.get(ENV_FOLDER):
+        return Path(os.environ[ENV_FOLDER])
+    base = Path(dag_file).parent if dag_file else Path.cwd()
+    return base / "pipelines"
+
+
+def _listened(specs: dict[str, LoadedSpec]) -> set[str]:
+    out: set[str] = set()
+    for spec in specs.values():
+        for t in spec.pipeline.triggers:
+            if isinstance(t, PipelineTrigger):
+                out.add(t.pipeline)
+    return out
+
+
+def build_all(folder: Path, base: Path | None = None) -> FactoryResult:
+    """Every pipeline below ``folder``; broken ones in ``errors`` with their rendered messages."""
+    result = FactoryResult()
+    loaded = load_folder(folder, base=base)
+    for display, errs in loaded.errors.items():
+        result.errors[_path_of(folder, display, base)] = errs.render()
+    listened = _listened(loaded.specs)
+    for dag_id in sorted(loaded.specs):
+        spec = loaded.specs[dag_id]
+        try:
+            result.dags[dag_id] = build_dag(spec, listened=dag_id in listened)
+        except SpecErrors as exc:
+            result.errors[spec.path] = exc.render()
+    return result
+
+
+def build_one(folder: Path, dag_id: str, base: Path | None = None) -> FactoryResult:
+    """Only the pipeline ``dag_id`` (for a task's parse); cost does not grow with the folder."""
+    result = FactoryResult()
+    candidates = build_index(folder).get(dag_id, [])
+    for entry in candidates:
+        try:
+            spec = load_spec(entry.path, root=folder, display=_display(entry.path, base))
+        except SpecErrors:
+            continue
+        if spec.pipeline.dag_id != dag_id:
+            continue
+        result.dags[dag_id] = build_dag(spec, listened=_has_listener(folder, dag_id, entry.path, base))
+        break
+    return result
+
+
+def _has_listener(folder: Path, dag_id: str, own: Path, base: Path | None) -> bool:
+    for path in mentions(folder, dag_id, exclude=own):
+        try:
+            spec = load_spec(path, root=folder, display=_display(path, base))
+        except SpecErrors:
+            continue
+        if any(isinstance(t, PipelineTrigger) and t.pipeline == dag_id for t in spec.pipeline.triggers):
+            return True
+    return False
+
+
+def _display(path: Path, base: Path | None) -> str:
+    from gennaker.spec.loader import display_path
+
+    return display_path(path, base)
+
+
+def _path_of(folder: Path, display: str, base: Path | None) -> Path:
+    candidate = (base / display) if base is not None else Path(display)
+    return candidate if candidate.exists() else folder / display
+
+
+def load_dags(namespace: MutableMapping[str, Any], folder: str | Path | None = None) -> FactoryResult:
+    """Build the pipelines' DAGs into ``namespace`` (a DAG file's ``globals()``)."""
+    from airflow.sdk import get_parsing_context
+
+    started = time.perf_counter()
+    dag_file = namespace.get("__file__")
+    root = Path(folder) if folder is not None else default_pipelines_folder(dag_file)
+    # Name files relative to the folder above dags/ (the repository), as `gennaker validate` does there.
+    base = Path(dag_file).resolve().parent.parent if dag_file else None
+    if not root.is_dir():
+        log.warning("gennaker: pipelines folder %s does not exist; no pipelines loaded", root)
+        return FactoryResult()
+    wanted = get_parsing_context().dag_id
+    result = build_one(root, wanted, base) if wanted else FactoryResult()
+    if not result.dags:  # the DAG processor, or a dag_id that is not ours: build everything
+        result = build_all(root, base)
+        report_import_errors(result.errors)
+    for dag_id, dag in result.dags.items():
+        namespace[f"gennaker_dag__{dag_id}"] = dag
+    log.info(
+        "gennaker: %d pipeline(s) loaded, %d broken, from %s in %.3fs",
+        len(result.dags),
+        len(result.errors),
+        root,
+        time.perf_counter() - started,
+    )
+    return result

@@ -1,0 +1,175 @@
+"""Spec -> Airflow DAG. No network, no database, no cloud SDK, no clock: same specs, same DAG."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from gennaker.factory.stages import BUILDERS, StageBuild, build_operator, check_supported
+from gennaker.spec.errors import SpecError, SpecErrors
+from gennaker.spec.loader import LoadedSpec
+from gennaker.spec.models import CronTrigger, Parameter, Pipeline, PipelineTrigger
+from gennaker.spec.semantics import ancestors
+
+# A fixed start date keeps DAGs deterministic; catchup is off, so it never backfills.
+START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def build_params(parameters: Iterable[Parameter]) -> dict[str, Any]:
+    from airflow.sdk import Param
+
+    params: dict[str, Any] = {}
+    for p in parameters:
+        schema: dict[str, Any] = {}
+        if isinstance(p.default, bool):
+            schema["type"] = "boolean"
+        elif isinstance(p.default, int):
+            schema["type"] = "integer"
+        elif isinstance(p.default, float):
+            schema["type"] = "number"
+        elif p.options is None:
+            schema["type"] = "string"
+            if p.required:
+                schema["minLength"] = 1
+        if p.options is not None:
+            schema["enum"] = list(p.options)
+        kwargs: dict[str, Any] = {"description": p.description, **schema}
+        if p.default is not None:
+            params[p.name] = Param(p.default, **kwargs)
+        elif p.required:
+            params[p.name] = Param(**kwargs)  # no default: the trigger form insists on a value
+        else:
+            kwargs["type"] = [kwargs.get("type", "string"), "null"] if "enum" not in kwargs else None
+            if kwargs["type"] is None:
+                del kwargs["type"]
+            params[p.name] = Param(None, **kwargs)
+    return params
+
+
+def build_schedule(pipeline: Pipeline, spec: LoadedSpec) -> Any:
+    """Manual always; cron -> timetable; pipeline triggers -> assets; several -> OR."""
+    from airflow.sdk import AssetAny
+    from airflow.timetables.trigger import CronTriggerTimetable, MultipleCronTriggerTimetable
+
+    from gennaker.operators.pipeline_status import status_asset
+
+    crons = [t for t in pipeline.triggers if isinstance(t, CronTrigger)]
+    upstream = [t for t in pipeline.triggers if isinstance(t, PipelineTrigger)]
+    timetable: Any = None
+    if len(crons) == 1:
+        timetable = CronTriggerTimetable(crons[0].expression, timezone=crons[0].timezone)
+    elif crons:
+        zones = {c.timezone for c in crons}
+        if len(zones) > 1:
+            i = pipeline.triggers.index(crons[1])
+            raise SpecError(
+                "several cron triggers must share one timezone (Airflow's MultipleCronTriggerTimetable)",
+                spec.positions.find(("triggers", i, "timezone")),
+                ("triggers", i, "timezone"),
+            )
+        timetable = MultipleCronTriggerTimetable(*(c.expression for c in crons), timezone=crons[0].timezone)
+    assets = [status_asset(t.pipeline, s) for t in upstream for s in t.status]
+    if not assets:
+        return timetable
+    condition = assets[0] if len(assets) == 1 else AssetAny(*assets)
+    if timetable is None:
+        return condition
+    from airflow.timetables.assets import AssetOrTimeSchedule
+
+    return AssetOrTimeSchedule(timetable=timetable, assets=condition)  # type: ignore[arg-type]
+
+
+def doc_md(spec: LoadedSpec) -> str:
+    p = spec.pipeline
+    lines = [f"### {p.dag_id}", ""]
+    if p.description:
+        lines += [p.description, ""]
+    lines += [f"Pipeline spec: `{spec.display}`", "", "```yaml", spec.source.rstrip("\n"), "```"]
+    return "\n".join(lines)
+
+
+def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
+    """Build the DAG of one loaded spec. ``listened``: another pipeline triggers on this one.
+
+    Raises :class:`SpecErrors` for what the factory cannot build (a stage type that
+    cannot run yet), positioned like every other spec error.
+    """
+    from airflow.sdk import DAG
+
+    from gennaker.factory.notify import dag_callbacks, task_callbacks
+    from gennaker.operators.pipeline_status import (
+        PUBLISH_TASK_ID,
+        PublishPipelineStatusOperator,
+        status_alias,
+    )
+
+    p = spec.pipeline
+    errors: list[SpecError] = check_supported(spec)
+    try:
+        schedule = build_schedule(p, spec)
+    except SpecError as exc:
+        errors.append(exc)
+        schedule = None
+    tags = sorted({"gennaker", p.application, *p.tags})
+    callbacks: dict[str, Any] = dict(dag_callbacks(p.notifications))
+    dag = DAG(
+        dag_id=p.dag_id,
+        description=(p.description or f"gennaker pipeline {p.dag_id}")[:200],
+        doc_md=doc_md(spec),
+        schedule=schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=p.concurrency.limit,
+        params=build_params(p.parameters),
+        tags=tags,
+        owner_links={},
+        default_args={"owner": p.owner, "retries": 0},
+        **callbacks,
+    )
+    parents = p.parents()
+    task_ids = {s.id: s.id for s in p.stages}
+    halting = [s.id for s in p.stages if s.on_failure == "halt"]
+    tasks: dict[str, Any] = {}
+    for stage in p.stages:
+        up = ancestors(parents, stage.id)
+        common: dict[str, Any] = {
+            "task_id": stage.id,
+            "dag": dag,
+            "stage_id": stage.id,
+            "when": stage.when,
+            "on_failure": stage.on_failure,
+            "execution_window": stage.execution_window.model_dump() if stage.execution_window else None,
+            "stage_task_ids": task_ids,
+            "halting_task_ids": [h for h in halting if h != stage.id and h not in up],
+            "keep_waiting": p.concurrency.keep_waiting,
+            "doc_md": f"**{stage.type}** stage `{stage.id}`",
+            **task_callbacks(stage.notifications),
+        }
+        if stage.name:
+            common["task_display_name"] = stage.name
+        if stage.timeout is not None:
+            common["execution_timeout"] = stage.timeout
+        if parents[stage.id]:
+            common["trigger_rule"] = "none_failed"
+        if stage.type in BUILDERS:
+            tasks[stage.id] = build_operator(StageBuild(stage, common))
+    if errors:
+        raise SpecErrors(errors)
+    for stage in p.stages:
+        for parent in parents[stage.id]:
+            tasks[parent] >> tasks[stage.id]
+    if listened:
+        leaves = [t for t in tasks.values() if not t.downstream_list]
+        publish = PublishPipelineStatusOperator(
+            task_id=PUBLISH_TASK_ID,
+            task_display_name="publish pipeline status",
+            dag=dag,
+            stage_task_ids=sorted(tasks),
+            trigger_rule="all_done",
+            outlets=[status_alias(p.dag_id)],
+            doc_md="Publishes this run's outcome for the pipelines that trigger on it.",
+        )
+        for leaf in leaves:
+            leaf >> publish
+    return dag

@@ -1,0 +1,1 @@
+"""Stage operators: one module per stage family."""
