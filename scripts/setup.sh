@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv and install gennaker (editable) with the pinned versions in requirements-lock.txt.
+# Usage: scripts/setup.sh [extra]    e.g. scripts/setup.sh test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXTRA="${1:-}"
+PY="${PYTHON:-python3}"
+SPEC="."
+[ -n "$EXTRA" ] && SPEC=".[$EXTRA]"
+
+if ! command -v uv >/dev/null 2>&1 && ! "$PY" -m uv --version >/dev/null 2>&1; then
+  echo "==> installing uv (a fast pip) for this user"
+  "$PY" -m pip install --quiet --user uv 2>/dev/null || "$PY" -m pip install --quiet uv
+fi
+UV="uv"
+command -v uv >/dev/null 2>&1 || UV="$PY -m uv"
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  $UV venv --quiet --python "$PY" .venv
+fi
+echo "==> installing gennaker $SPEC (pinned by requirements-lock.txt)"
+$UV pip install --quiet --python .venv/bin/python -c requirements-lock.txt -e "$SPEC"
