@@ -109,6 +109,18 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reference(args: argparse.Namespace) -> int:
+    from gennaker.spec.reference import render_reference
+
+    text = render_reference()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gennaker", description="Continuous delivery on Apache Airflow.")
     parser.add_argument("--version", action="version", version=f"gennaker {__version__}")
@@ -124,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="write the JSON Schema of the spec language")
     s.add_argument("-o", "--output", help="file to write (default: stdout)")
     s.set_defaults(func=_cmd_schema)
+
+    d = sub.add_parser("reference", help="write the Markdown reference of the spec language")
+    d.add_argument("-o", "--output", help="file to write (default: stdout)")
+    d.set_defaults(func=_cmd_reference)
 
     r = sub.add_parser("render", help="print a spec after templates and defaults, as YAML")
     r.add_argument("spec")
