@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -43,6 +44,7 @@ def build_params(parameters: Iterable[Parameter]) -> dict[str, Any]:
             kwargs["type"] = [kwargs.get("type", "string"), "null"] if "enum" not in kwargs else None
             if kwargs["type"] is None:
                 del kwargs["type"]
+                kwargs["enum"] = [*kwargs["enum"], None]  # optional: no choice is valid too
             params[p.name] = Param(None, **kwargs)
     return params
 
@@ -80,6 +82,17 @@ def build_schedule(pipeline: Pipeline, spec: LoadedSpec) -> Any:
     return AssetOrTimeSchedule(timetable=timetable, assets=condition)  # type: ignore[arg-type]
 
 
+@functools.cache
+def _dag_config_defaults() -> dict[str, Any]:
+    """Airflow's per-DAG defaults, read from its config once per parse instead of once per DAG."""
+    from airflow.configuration import conf
+
+    return {
+        "max_active_tasks": conf.getint("core", "max_active_tasks_per_dag"),
+        "max_consecutive_failed_dag_runs": conf.getint("core", "max_consecutive_failed_dag_runs_per_dag"),
+    }
+
+
 def doc_md(spec: LoadedSpec) -> str:
     p = spec.pipeline
     lines = [f"### {p.dag_id}", ""]
@@ -97,7 +110,7 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
     """
     from airflow.sdk import DAG
 
-    from gennaker.factory.notify import dag_callbacks, task_callbacks
+    from gennaker.factory.notify import dag_callbacks, stage_callbacks
     from gennaker.operators.pipeline_status import (
         PUBLISH_TASK_ID,
         PublishPipelineStatusOperator,
@@ -125,6 +138,7 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
         tags=tags,
         owner_links={},
         default_args={"owner": p.owner, "retries": 0},
+        **_dag_config_defaults(),
         **callbacks,
     )
     parents = p.parents()
@@ -144,7 +158,7 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
             "halting_task_ids": [h for h in halting if h != stage.id and h not in up],
             "keep_waiting": p.concurrency.keep_waiting,
             "doc_md": f"**{stage.type}** stage `{stage.id}`",
-            **task_callbacks(stage.notifications),
+            **stage_callbacks(stage.notifications, p.notifications, first=not parents[stage.id]),
         }
         if stage.name:
             common["task_display_name"] = stage.name

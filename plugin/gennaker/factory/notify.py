@@ -85,3 +85,14 @@ def task_callbacks(notifications: Iterable[Notification]) -> dict[str, list[Any]
 def dag_callbacks(notifications: Iterable[Notification]) -> dict[str, list[Any]]:
     """Pipeline notifications: complete and failed (Airflow has no DAG-level start callback)."""
     return _callbacks(notifications, ("complete", "failed"))
+
+
+def stage_callbacks(
+    stage_notifications: Iterable[Notification], pipeline_notifications: Iterable[Notification], first: bool
+) -> dict[str, list[Any]]:
+    """A stage's callbacks; a first stage also announces the pipeline's start (no DAG-level start hook)."""
+    out = task_callbacks(stage_notifications)
+    if first:
+        for key, notifiers in _callbacks(pipeline_notifications, ("starting",)).items():
+            out.setdefault(key, []).extend(notifiers)
+    return out
