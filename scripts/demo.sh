@@ -7,6 +7,8 @@ ROOT="$(pwd)"
 scripts/setup.sh
 
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$ROOT/.airflow}"
+# standalone starts its components as `airflow ...` from PATH
+export PATH="$ROOT/.venv/bin:$PATH"
 PORT="${GENNAKER_DEMO_PORT:-8080}"
 mkdir -p "$AIRFLOW_HOME"
 # shellcheck source=scripts/airflow-env.sh

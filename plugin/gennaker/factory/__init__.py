@@ -24,7 +24,7 @@ from gennaker.factory.builder import build_dag
 from gennaker.factory.index import build_index, mentions
 from gennaker.factory.report import report_import_errors
 from gennaker.spec.errors import SpecErrors
-from gennaker.spec.loader import LoadedSpec, load_folder, load_spec
+from gennaker.spec.loader import FolderCache, LoadedSpec, load_folder, load_spec
 from gennaker.spec.models import PipelineTrigger
 
 __all__ = ["FactoryResult", "build_dag", "default_pipelines_folder", "load_dags"]
@@ -62,7 +62,7 @@ def build_all(folder: Path, base: Path | None = None) -> FactoryResult:
     result = FactoryResult()
     loaded = load_folder(folder, base=base)
     for display, errs in loaded.errors.items():
-        result.errors[_path_of(folder, display, base)] = errs.render()
+        result.errors[loaded.paths[display]] = errs.render()
     listened = _listened(loaded.specs)
     for dag_id in sorted(loaded.specs):
         spec = loaded.specs[dag_id]
@@ -76,39 +76,29 @@ def build_all(folder: Path, base: Path | None = None) -> FactoryResult:
 def build_one(folder: Path, dag_id: str, base: Path | None = None) -> FactoryResult:
     """Only the pipeline ``dag_id`` (for a task's parse); cost does not grow with the folder."""
     result = FactoryResult()
-    candidates = build_index(folder).get(dag_id, [])
+    cache = FolderCache(folder, base)
+    candidates = build_index(cache.root).get(dag_id, [])
     for entry in candidates:
         try:
-            spec = load_spec(entry.path, root=folder, display=_display(entry.path, base))
+            spec = load_spec(entry.path, cache=cache)
         except SpecErrors:
             continue
         if spec.pipeline.dag_id != dag_id:
             continue
-        result.dags[dag_id] = build_dag(spec, listened=_has_listener(folder, dag_id, entry.path, base))
+        result.dags[dag_id] = build_dag(spec, listened=_has_listener(cache, dag_id, entry.path))
         break
     return result
 
 
-def _has_listener(folder: Path, dag_id: str, own: Path, base: Path | None) -> bool:
-    for path in mentions(folder, dag_id, exclude=own):
+def _has_listener(cache: FolderCache, dag_id: str, own: Path) -> bool:
+    for path in mentions(cache.root, dag_id, exclude=own):
         try:
-            spec = load_spec(path, root=folder, display=_display(path, base))
+            spec = load_spec(path, cache=cache)
         except SpecErrors:
             continue
         if any(isinstance(t, PipelineTrigger) and t.pipeline == dag_id for t in spec.pipeline.triggers):
             return True
     return False
-
-
-def _display(path: Path, base: Path | None) -> str:
-    from gennaker.spec.loader import display_path
-
-    return display_path(path, base)
-
-
-def _path_of(folder: Path, display: str, base: Path | None) -> Path:
-    candidate = (base / display) if base is not None else Path(display)
-    return candidate if candidate.exists() else folder / display
 
 
 def load_dags(namespace: MutableMapping[str, Any], folder: str | Path | None = None) -> FactoryResult:

@@ -157,6 +157,7 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
             "stage_task_ids": task_ids,
             "halting_task_ids": [h for h in halting if h != stage.id and h not in up],
             "keep_waiting": p.concurrency.keep_waiting,
+            "owner": p.owner,  # explicit: StageMixin skips the apply_defaults that would copy default_args
             "doc_md": f"**{stage.type}** stage `{stage.id}`",
             **stage_callbacks(stage.notifications, p.notifications, first=not parents[stage.id]),
         }

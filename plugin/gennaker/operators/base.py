@@ -126,7 +126,15 @@ class StageMixin:
         keep_waiting: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        # The subclass's __init__ is already wrapped by Airflow's apply_defaults, which merged the
+        # DAG's default_args and params into kwargs; calling the next class's unwrapped __init__
+        # skips a second merge (a deep copy of the DAG's params per task: a third of the parse time).
+        next_init = super().__init__
+        unwrapped = getattr(next_init, "__wrapped__", None)
+        if unwrapped is not None and "default_args" in kwargs:
+            unwrapped(self, **kwargs)
+        else:
+            next_init(**kwargs)
         self.stage_id = stage_id
         self.when = when
         self.on_failure = on_failure

@@ -27,7 +27,10 @@ class WaitStageOperator(StageMixin, BaseOperator):
             return {"waited": 0}
         until = utc_in(self.duration)
         self.log.info("waiting %s, until %s (no worker slot held)", self.duration, until.isoformat())
-        self.defer(trigger=DateTimeTrigger(moment=until), method_name="waited")
+        # The trigger ends the task itself: resuming on a worker after a short wait races the executor's
+        # report of the deferring run, and Airflow 3.3 then fails the task ("state mismatch").
+        context["ti"].xcom_push(key="return_value", value={"waited": self.duration.total_seconds()})
+        self.defer(trigger=DateTimeTrigger(moment=until, end_from_trigger=True), method_name="waited")
 
     def waited(self, context: Any, event: Any = None) -> dict[str, Any]:
         self.log.info("waited %s", self.duration)

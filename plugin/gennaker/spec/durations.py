@@ -21,6 +21,13 @@ PATTERN_HELP = "a duration such as 30s, 5m, 2h, 1h30m, 1d or ISO 8601 PT30M"
 
 def parse_duration(value: Any) -> timedelta:
     """Parse a duration; a bare number is seconds. Raises ValueError with a readable message."""
+    try:
+        return _parse_duration(value)
+    except OverflowError:  # .inf, 1e20, 99999999999d: timedelta cannot hold it
+        raise ValueError(f"{value!r} is too long for a duration") from None
+
+
+def _parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):

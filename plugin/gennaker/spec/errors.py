@@ -16,8 +16,8 @@ Hierarchy::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 Loc = tuple[str | int, ...]
 
@@ -37,9 +37,8 @@ def format_loc(loc: Loc) -> str:
     return out or "<root>"
 
 
-@dataclass(frozen=True)
-class Position:
-    """A place in a source file; line and column count from 1."""
+class Position(NamedTuple):
+    """A place in a source file; line and column count from 1 (a tuple: cheap to make per node)."""
 
     file: str
     line: int

@@ -20,7 +20,7 @@ from gennaker.spec.errors import Position, SpecError, SpecErrors
 from gennaker.spec.models import Pipeline, StageBase
 from gennaker.spec.templates import expand
 from gennaker.spec.validation import errors_from_validation
-from gennaker.spec.yamlsource import Document, SourceMap, load_file
+from gennaker.spec.yamlsource import Document, SourceMap, load_file, parse_text
 
 DEFAULTS_NAMES = ("defaults.yaml", "defaults.yml")
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -45,6 +45,7 @@ class FolderResult:
 
     specs: dict[str, LoadedSpec] = field(default_factory=dict)  # by dag_id
     errors: dict[str, SpecErrors] = field(default_factory=dict)  # by display path
+    paths: dict[str, Path] = field(default_factory=dict)  # display path -> file, for every file read
 
 
 def display_path(path: Path, base: Path | None = None) -> str:
@@ -176,6 +177,7 @@ def _check_defaults_doc(doc: Document) -> list[SpecError]:
             from gennaker.spec.validation import did_you_mean
 
             hint = did_you_mean(key, [*sorted(a for a in allowed if a not in ("stages", "name")), _DEFAULTS_ONLY])
+            hint = "" if key in allowed else hint  # 'stages' is known, just not allowed here: no "did you mean"
             errors.append(
                 SpecError(
                     f"{key!r} cannot be set in defaults.yaml{hint}",
@@ -186,40 +188,81 @@ def _check_defaults_doc(doc: Document) -> list[SpecError]:
     return errors
 
 
+class FolderCache:
+    """What specs of one folder share, computed once: defaults files, template path, names.
+
+    Resolving paths and reading defaults.yaml per spec would dominate the parse of a
+    large folder; one cache serves a whole :func:`load_folder` (or one spec).
+    """
+
+    def __init__(self, root: Path, base: Path | None = None) -> None:
+        self.root = root.resolve()
+        self.anchor = (base or Path.cwd()).resolve()
+        self._defaults: dict[Path, tuple[list[Document], list[SpecError]]] = {}
+        self._templates: dict[Path, list[Path]] = {}
+
+    def display(self, path: Path) -> str:
+        """``path`` (absolute) named relative to the anchor (the repository, or the cwd)."""
+        try:
+            return str(path.relative_to(self.anchor))
+        except ValueError:
+            return str(path)
+
+    def defaults(self, folder: Path) -> tuple[list[Document], list[SpecError]]:
+        """The parsed defaults.yaml chain for specs in ``folder`` (outermost first), and its errors."""
+        if folder not in self._defaults:
+            docs: list[Document] = []
+            errors: list[SpecError] = []
+            for dpath in defaults_chain(folder / "_", self.root):
+                try:
+                    doc = load_file(dpath, self.display(dpath))
+                except SpecError as exc:
+                    errors.append(exc)
+                    continue
+                errors.extend(_check_defaults_doc(doc))
+                docs.append(doc)
+            self._defaults[folder] = (docs, errors)
+        return self._defaults[folder]
+
+    def templates(self, folder: Path) -> list[Path]:
+        if folder not in self._templates:
+            self._templates[folder] = template_search_path(folder / "_")
+        return self._templates[folder]
+
+
 def load_spec(
     path: Path | str,
     *,
     root: Path | str | None = None,
     display: str | None = None,
     known_pipelines: set[str] | None = None,
+    cache: FolderCache | None = None,
 ) -> LoadedSpec:
     """Load, expand and validate one spec. Raises :class:`SpecErrors` with every problem found."""
     path = Path(path)
-    root = Path(root) if root is not None else path.parent
-    name = display or display_path(path)
+    if cache is None:
+        cache = FolderCache(Path(root) if root is not None else path.parent)
+    if not path.is_absolute():
+        path = path.resolve()
+    name = display or cache.display(path)
     try:
-        doc = load_file(path, name)
+        source = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecErrors([SpecError(f"not UTF-8 text: {exc.reason}", Position(name, 1, 1))]) from None
+    except OSError as exc:
+        raise SpecErrors([SpecError(f"cannot read file: {exc.strerror}", Position(name, 1, 1))]) from None
+    try:
+        doc = parse_text(source, name)
     except SpecError as exc:
         raise SpecErrors([exc]) from None
-    source = Path(path).read_text(encoding="utf-8")
     if not isinstance(doc.data, dict):
         raise SpecErrors([SpecError("a pipeline spec must be a mapping of fields", doc.positions.find(()))])
 
-    errors: list[SpecError] = []
-    defaults_docs: list[Document] = []
-    for dpath in defaults_chain(path, root):
-        try:
-            ddoc = load_file(dpath, display_path(dpath, _base_of(name, path)))
-        except SpecError as exc:
-            errors.append(exc)
-            continue
-        errors.extend(_check_defaults_doc(ddoc))
-        defaults_docs.append(ddoc)
+    defaults_docs, errors = cache.defaults(path.parent)
     if errors:
         raise SpecErrors(errors)
-
     try:
-        data, positions = expand(doc, template_search_path(path))
+        data, positions = expand(doc, cache.templates(path.parent))
     except SpecError as exc:
         raise SpecErrors([exc]) from None
     data, positions = _apply_defaults(data, positions, defaults_docs)
@@ -229,30 +272,23 @@ def load_spec(
     except ValidationError as exc:
         raise SpecErrors(errors_from_validation(exc, data, positions, Pipeline)) from None
 
-    errors.extend(semantics.check(pipeline, positions, known_pipelines))
-    if errors:
-        raise SpecErrors(errors)
+    problems = semantics.check(pipeline, positions, known_pipelines)
+    if problems:
+        raise SpecErrors(problems)
     return LoadedSpec(path, name, pipeline, data, positions, source)
-
-
-def _base_of(display: str, path: Path) -> Path | None:
-    """The folder that ``display`` is relative to, so defaults files are named alike."""
-    parts = Path(display).parts
-    resolved = path.resolve()
-    if len(parts) <= len(resolved.parts) and resolved.parts[-len(parts) :] == parts:
-        return Path(*resolved.parts[: len(resolved.parts) - len(parts)]) if len(parts) < len(resolved.parts) else None
-    return None
 
 
 def load_folder(root: Path, *, base: Path | None = None, files: Iterable[Path] | None = None) -> FolderResult:
     """Load every spec below ``root``; cross-file checks (unknown pipelines, duplicate dag_ids) included."""
     result = FolderResult()
-    paths = list(files) if files is not None else discover(root)
+    cache = FolderCache(root, base)
+    paths = [Path(f).resolve() for f in files] if files is not None else discover(cache.root)
     origins: dict[str, str] = {}
     for path in paths:
-        name = display_path(path, base)
+        name = cache.display(path)
+        result.paths[name] = path
         try:
-            spec = load_spec(path, root=root, display=name)
+            spec = load_spec(path, display=name, cache=cache)
         except SpecErrors as exc:
             result.errors[name] = exc
             continue
@@ -265,7 +301,10 @@ def load_folder(root: Path, *, base: Path | None = None, files: Iterable[Path] |
             continue
         origins[dag_id] = name
         result.specs[dag_id] = spec
-    known = set(result.specs) | _names_in_error(result)
+    unloaded = [result.paths[name] for name in result.errors]  # broken specs still count as known pipelines
+    if files is not None:  # some files of the folder: the folder's other pipelines exist too
+        unloaded += [p for p in discover(cache.root) if p not in paths]
+    known = set(result.specs) | _names_of(unloaded, cache)
     for dag_id, spec in list(result.specs.items()):
         problems = semantics.check_references(spec.pipeline, spec.positions, known)
         if problems:
@@ -274,9 +313,24 @@ def load_folder(root: Path, *, base: Path | None = None, files: Iterable[Path] |
     return result
 
 
-def _names_in_error(result: FolderResult) -> set[str]:
-    """dag_ids of broken specs still count as known pipelines, so one error does not cascade."""
-    return set()
+def _names_of(paths: Iterable[Path], cache: FolderCache) -> set[str]:
+    """dag_ids of specs that were not loaded (broken, or not asked for), so one error does not cascade."""
+    out: set[str] = set()
+    for path in paths:
+        try:
+            data = load_file(path, cache.display(path)).data
+        except SpecError:
+            continue  # not even YAML: its name is unknowable
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            continue
+        app = data.get("application")
+        for doc in reversed(cache.defaults(path.parent)[0] if app is None else []):
+            if isinstance(doc.data, dict) and "application" in doc.data:
+                app = doc.data["application"]  # the nearest defaults.yaml that names one
+                break
+        if isinstance(app, str):
+            out.add(f"{app}.{data['name']}")
+    return out
 
 
 def stage_position(spec: LoadedSpec, stage: StageBase, field_name: str | None = None) -> Position | None:

@@ -54,7 +54,7 @@ def _succeeded_only() -> list[RunStatus]:
 class Notification(SpecModel):
     """Tell someone about a pipeline or stage event (Spinnaker's notifications)."""
 
-    type: Literal["email", "webhook"]
+    type: Literal["email", "webhook"] = Field(description="email (Airflow's SMTP connection) or webhook (POST)")
     to: list[str] = Field(default_factory=list, description="email: recipients")
     url: str | None = Field(default=None, description="webhook: URL that receives a JSON POST")
     when: list[NotifyEvent] = Field(default_factory=_on_failure_only, min_length=1)
@@ -483,7 +483,7 @@ class WaitStage(StageBase):
     """Wait for a while without holding a worker slot."""
 
     type: Literal["wait"]
-    duration: Duration
+    duration: Duration = Field(description="deferred to the triggerer: no worker slot is held")
 
 
 class ManualJudgmentStage(StageBase):
@@ -617,7 +617,7 @@ STAGE_TYPES: tuple[str, ...] = (
 
 
 class CronTrigger(SpecModel):
-    type: Literal["cron"]
+    type: Literal["cron"] = Field(description="becomes the DAG's schedule (CronTriggerTimetable)")
     expression: str = Field(min_length=1, description="five-field cron, e.g. '0 10 * * 1-5'")
     timezone: str = "UTC"
 
@@ -639,7 +639,7 @@ class CronTrigger(SpecModel):
 class PipelineTrigger(SpecModel):
     """Start when another pipeline ends in one of the listed statuses."""
 
-    type: Literal["pipeline"]
+    type: Literal["pipeline"] = Field(description="through Airflow assets emitted when the other one ends")
     pipeline: str = Field(pattern=r"^[A-Za-z0-9_]+\.[A-Za-z0-9_.-]+$", description="<application>.<name>")
     status: list[RunStatus] = Field(default_factory=_succeeded_only, min_length=1)
 
@@ -662,11 +662,11 @@ Trigger = Annotated[CronTrigger | PipelineTrigger | JenkinsTrigger, Field(discri
 class Parameter(SpecModel):
     """A run parameter; becomes an Airflow Param in the trigger form."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    description: str | None = None
-    default: str | int | float | bool | None = None
-    required: bool = False
-    options: list[str | int | float] | None = Field(default=None, min_length=1)
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="params.<name> in expressions")
+    description: str | None = Field(default=None, description="shown in the trigger form")
+    default: str | int | float | bool | None = Field(default=None, description="its type is the Param's type")
+    required: bool = Field(default=False, description="the trigger form insists on a value")
+    options: list[str | int | float] | None = Field(default=None, min_length=1, description="allowed values")
 
     @model_validator(mode="after")
     def _default_in_options(self) -> Parameter:
@@ -689,16 +689,20 @@ class Pipeline(SpecModel):
     """One pipeline = one Airflow DAG, ``dag_id = <application>.<name>``."""
 
     schema_: str | None = Field(default=None, alias="$schema", exclude=True)
-    application: str = Field(pattern=APP_NAME, max_length=100)
-    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=150)
-    description: str | None = None
-    owner: str = "gennaker"
-    tags: list[str] = Field(default_factory=list)
-    parameters: list[Parameter] = Field(default_factory=list)
-    triggers: list[Trigger] = Field(default_factory=list)
+    application: str = Field(pattern=APP_NAME, max_length=100, description="letters, digits, _ (no '-')")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=150, description="the dag_id is <application>.<name>"
+    )
+    description: str | None = Field(default=None, description="shown in the DAG list")
+    owner: str = Field(default="gennaker", description="Airflow task owner")
+    tags: list[str] = Field(default_factory=list, description="DAG tags, besides the application and 'gennaker'")
+    parameters: list[Parameter] = Field(default_factory=list, description="run parameters (the trigger form)")
+    triggers: list[Trigger] = Field(
+        default_factory=list, description="besides manual runs, which are always possible; several = any of them"
+    )
     concurrency: Concurrency = Field(default_factory=Concurrency)
-    notifications: list[Notification] = Field(default_factory=list)
-    stages: list[Stage] = Field(min_length=1)
+    notifications: list[Notification] = Field(default_factory=list, description="on pipeline events")
+    stages: list[Stage] = Field(min_length=1, description="the stages; each a task, wired by dependsOn")
 
     @property
     def dag_id(self) -> str:

@@ -159,6 +159,15 @@ def _check_param_refs(pipeline: Pipeline, positions: SourceMap) -> list[SpecErro
             loc: Loc = ("parameters", i, "name")
             errors.append(SpecError(f"duplicate parameter {p.name!r}", positions.find(loc), loc))
         names[p.name] = i
+        if p.required and p.default is None and pipeline.triggers:
+            loc = ("parameters", i)
+            errors.append(
+                SpecError(
+                    f"required parameter {p.name!r} needs a 'default': triggered runs have nobody to ask",
+                    positions.find(loc),
+                    loc,
+                )
+            )
     return errors
 
 

@@ -111,7 +111,8 @@ def _substitute(value: Any, variables: dict[str, Any], loc: Loc, positions: Sour
     def repl(m: re.Match[str]) -> str:
         if m.group(0) == "$${":
             return "${"
-        return str(_lookup(m.group(1), variables, loc, positions))
+        found = _lookup(m.group(1), variables, loc, positions)
+        return str(found).lower() if isinstance(found, bool) else str(found)  # YAML's text: true, not True
 
     return _REF.sub(repl, value)
 

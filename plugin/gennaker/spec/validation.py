@@ -83,20 +83,23 @@ def model_at(root: type[BaseModel], loc: Loc, data: Any) -> Any:
     return current
 
 
-def _resolve_loc(raw: tuple[Any, ...], data: Any) -> Loc:
+def _resolve_loc(raw: tuple[Any, ...], data: Any, missing: bool = False) -> Loc:
     """Drop pydantic's union tags and validator names from a loc, keeping real keys and indexes."""
     out: list[str | int] = []
     value = data
+    tagged: Any = None  # the mapping whose discriminated-union tag (its 'type') was passed already
     for i, part in enumerate(raw):
         last = i == len(raw) - 1
-        if isinstance(value, dict) and part in value:
+        if isinstance(value, dict) and value is not tagged and isinstance(part, str) and value.get("type") == part:
+            tagged = value  # the union member pydantic tried, e.g. 'canary': not the stage's 'canary' key
+        elif isinstance(value, dict) and part in value:
             out.append(part)
             value = value[part]
         elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
             out.append(part)
             value = value[part]
-        elif last and isinstance(value, dict) and isinstance(part, str):
-            out.append(part)  # a missing (or unknown) key of this mapping
+        elif missing and last and isinstance(value, dict) and isinstance(part, str):
+            out.append(part)  # a missing key of this mapping
         # anything else is a union tag such as 'deploy' or 'function-after[...]': skip it
     return tuple(out)
 
@@ -156,7 +159,7 @@ def errors_from_validation(
     out: list[SpecError] = []
     seen: set[tuple[Loc, str]] = set()
     for err in exc.errors(include_url=False):
-        loc = _resolve_loc(tuple(err["loc"]), data)
+        loc = _resolve_loc(tuple(err["loc"]), data, missing=err["type"] == "missing")
         if err["type"] == "union_tag_invalid":
             loc = (*loc, "type")
         message, on_key = _message(dict(err), loc, data, root)

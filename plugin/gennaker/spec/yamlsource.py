@@ -112,9 +112,11 @@ class _Builder:
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _TIMESTAMP:
                 return node.value
+            if node.tag == _STR:
+                return node.value
             if node.tag not in _SCALARS:
                 raise self._bad_tag(node, loc)
-            return self._constructor.construct_object(node, deep=True)
+            return self._scalar(node)
         raise self._bad_tag(node, loc)  # pragma: no cover - composer yields only these
 
     def _mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[str, Any]:
@@ -130,7 +132,7 @@ class _Builder:
                 )
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALARS:
                 raise SpecError("mapping keys must be plain strings", _pos(self.file, key_node.start_mark), loc)
-            key = str(self._constructor.construct_object(key_node))
+            key = key_node.value if key_node.tag == _STR else str(self._scalar(key_node))
             child = (*loc, key)
             if key in out:
                 raise SpecError(
@@ -141,6 +143,10 @@ class _Builder:
             self.positions.keys[child] = _pos(self.file, key_node.start_mark)
             out[key] = self.build(value_node, child)
         return out
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        # The safe constructor's own function for the tag, without construct_object's bookkeeping.
+        return yaml.SafeLoader.yaml_constructors[node.tag](self._constructor, node)
 
     def _bad_tag(self, node: yaml.Node, loc: Loc) -> SpecError:
         return SpecError(
