@@ -21,3 +21,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing gennaker $SPEC (pinned by requirements-lock.txt)"
 $UV pip install --quiet --python .venv/bin/python -c requirements-lock.txt -e "$SPEC"
+# The build leaves plugin/gennaker.egg-info behind; on sys.path (editable install) it would make
+# Airflow see the plugin's entry point twice ("Plugin 'gennaker' already registered").
+rm -rf plugin/*.egg-info
