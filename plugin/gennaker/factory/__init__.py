@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,12 @@ def build_all(folder: Path, base: Path | None = None) -> FactoryResult:
             result.dags[dag_id] = build_dag(spec, listened=dag_id in listened)
         except SpecErrors as exc:
             result.errors[spec.path] = exc.render()
+        except Exception:  # a bug of ours must not take the other pipelines down with it
+            log.exception("gennaker: building the DAG of %s failed", spec.display)
+            result.errors[spec.path] = (
+                f"{spec.display}: gennaker failed to build this pipeline (a gennaker bug; please report it):\n"
+                + traceback.format_exc(limit=-5)
+            )
     return result
 
 
@@ -85,7 +92,10 @@ def build_one(folder: Path, dag_id: str, base: Path | None = None) -> FactoryRes
             continue
         if spec.pipeline.dag_id != dag_id:
             continue
-        result.dags[dag_id] = build_dag(spec, listened=_has_listener(cache, dag_id, entry.path))
+        try:
+            result.dags[dag_id] = build_dag(spec, listened=_has_listener(cache, dag_id, entry.path))
+        except SpecErrors:
+            pass  # the caller falls back to the full build, which reports it like the DAG processor does
         break
     return result
 

@@ -70,15 +70,15 @@ def _parse_duration(value: Any) -> timedelta:
 
 def format_duration(delta: timedelta) -> str:
     """The shortest human form: ``1h30m``, ``45s``."""
-    seconds = int(delta.total_seconds())
-    if seconds == 0:
+    seconds, millis = divmod(delta // timedelta(milliseconds=1), 1000)  # keep 250ms (int() made it 0s)
+    if seconds == 0 and millis == 0:
         return "0s"
     out = ""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         count, seconds = divmod(seconds, size)
         if count:
             out += f"{count}{unit}"
-    return out
+    return out + (f"{millis}ms" if millis else "")
 
 
 Duration = Annotated[

@@ -115,7 +115,7 @@ def defaults_chain(spec_path: Path, root: Path) -> list[Path]:
 
 
 def _apply_defaults(
-    data: dict[str, Any], positions: SourceMap, defaults: Iterable[Document]
+    data: dict[str, Any], positions: SourceMap, defaults: Iterable[Document], stage_level: bool = True
 ) -> tuple[dict[str, Any], SourceMap]:
     """Pipeline keys the spec leaves out come from the nearest defaults.yaml that has them.
 
@@ -132,7 +132,8 @@ def _apply_defaults(
         d = doc.data or {}
         for key, value in d.items():
             if key == _DEFAULTS_ONLY:
-                stage_defaults.append((value, doc.positions.subtree((key,))))
+                if stage_level:
+                    stage_defaults.append((value, doc.positions.subtree((key,))))
                 continue
             if key not in merged:
                 merged[key] = value
@@ -163,6 +164,40 @@ def _apply_defaults(
     return merged, out_pos
 
 
+def _check_stage_defaults(doc: Document) -> list[SpecError]:
+    """``stageDefaults: {"*" or a stage type: {field: value}}``; a typo here would otherwise do nothing at all."""
+    from typing import get_args
+
+    from gennaker.spec.models import Stage
+    from gennaker.spec.validation import _aliases, did_you_mean
+
+    members = get_args(get_args(Stage)[0])
+    fields_of = {get_args(m.model_fields["type"].annotation)[0]: set(_aliases(m)) - {"id", "type"} for m in members}
+    fields_of["*"] = set().union(*fields_of.values())
+    loc: tuple[str | int, ...] = (_DEFAULTS_ONLY,)
+    block = doc.data[_DEFAULTS_ONLY]
+    if not isinstance(block, dict):
+        return [SpecError('must map "*" or a stage type to stage fields', doc.positions.find(loc), loc)]
+    errors = []
+    for selector, values in block.items():
+        where = (*loc, selector)
+        if selector not in fields_of:
+            hint = did_you_mean(selector, fields_of)
+            errors.append(
+                SpecError(f"unknown stage type {selector!r}{hint}", doc.positions.find(where, key=True), where)
+            )
+        elif not isinstance(values, dict):
+            errors.append(SpecError("must be a mapping of stage fields", doc.positions.find(where), where))
+        else:
+            for name in values:
+                if name not in fields_of[selector]:
+                    hint = did_you_mean(name, sorted(fields_of[selector]))
+                    at = (*where, name)
+                    what = "no stage type has" if selector == "*" else f"{selector!r} stages have no"
+                    errors.append(SpecError(f"{what} field {name!r}{hint}", doc.positions.find(at, key=True), at))
+    return errors
+
+
 def _check_defaults_doc(doc: Document) -> list[SpecError]:
     errors = []
     if doc.data is None:
@@ -172,6 +207,7 @@ def _check_defaults_doc(doc: Document) -> list[SpecError]:
     allowed = set(Pipeline.model_fields) | {f.alias for f in Pipeline.model_fields.values() if f.alias}
     for key in doc.data:
         if key == _DEFAULTS_ONLY:
+            errors.extend(_check_stage_defaults(doc))
             continue
         if key in ("stages", "name") or key not in allowed:
             from gennaker.spec.validation import did_you_mean
@@ -261,6 +297,8 @@ def load_spec(
     defaults_docs, errors = cache.defaults(path.parent)
     if errors:
         raise SpecErrors(errors)
+    if "template" in doc.data:  # defaults.yaml outranks the template: fill the spec's own fields first
+        doc = Document(doc.path, *_apply_defaults(doc.data, doc.positions, defaults_docs, stage_level=False))
     try:
         data, positions = expand(doc, cache.templates(path.parent))
     except SpecError as exc:

@@ -180,7 +180,7 @@ def check_references(pipeline: Pipeline, positions: SourceMap, known: set[str]) 
             if trig.pipeline not in known:
                 errors.append(
                     SpecError(
-                        f"unknown pipeline {trig.pipeline!r}{did_you_mean(trig.pipeline, known)}",
+                        f"unknown pipeline {trig.pipeline!r}{did_you_mean(trig.pipeline, known - {pipeline.dag_id})}",
                         positions.find(loc),
                         loc,
                     )

@@ -1,0 +1,120 @@
+"""One broken spec is an import error of its own file in Airflow; the other pipelines still load."""
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gennaker.factory import load_dags
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD_A = """
+name: alpha
+stages:
+  - {id: check, type: checkPreconditions, preconditions: [{expression: "true"}]}
+  - {id: soak, type: wait, duration: 1s}
+"""
+GOOD_B = """
+name: beta
+triggers:
+  - {type: pipeline, pipeline: hello.alpha}
+stages:
+  - {id: pause, type: wait, duration: 1s}
+"""
+BROKEN = """
+name: broken
+stages:
+  - id: pause
+    type: wait
+    duration: soon
+"""
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A DAG bundle: repo/dags/ with the shipped DAG file and a pipelines/ folder of two good and one broken spec."""
+    for var in ("GENNAKER_PIPELINES", "_AIRFLOW_PARSING_CONTEXT_DAG_ID", "_AIRFLOW_PARSING_CONTEXT_TASK_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    dags = tmp_path / "repo" / "dags"
+    hello = dags / "pipelines" / "hello"
+    hello.mkdir(parents=True)
+    shutil.copy(REPO / "dags" / "gennaker_pipelines.py", dags / "gennaker_pipelines.py")
+    for name, text in {"defaults": "application: hello\n", "alpha": GOOD_A, "beta": GOOD_B, "broken": BROKEN}.items():
+        (hello / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return dags
+
+
+def test_dagbag_loads_the_good_pipelines_and_reports_the_broken_spec(bundle: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=bundle, bundle_path=bundle)
+    assert sorted(bag.dag_ids) == ["hello.alpha", "hello.beta"]
+    # The DAG file itself imported fine; the broken spec is an import error of its own path in the bundle.
+    assert "gennaker_pipelines.py" not in bag.import_errors
+    assert list(bag.import_errors) == ["pipelines/hello/broken.yaml"]
+    message = bag.import_errors["pipelines/hello/broken.yaml"]
+    assert message.splitlines() == [
+        "dags/pipelines/hello/broken.yaml:5:15 stages[0].duration: 'soon' is not a duration such as 30s, 5m, 2h, "
+        "1h30m, 1d or ISO 8601 PT30M",
+        "    5 |     duration: soon",
+        "      |               ^",
+    ]
+    # A pipeline that another one listens to publishes its status; the listener has an asset schedule.
+    assert "gennaker_pipeline_status" in bag.dags["hello.alpha"].task_ids
+    assert "gennaker_pipeline_status" not in bag.dags["hello.beta"].task_ids
+
+
+def test_a_bundle_with_only_good_specs_has_no_import_errors(bundle: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    (bundle / "pipelines" / "hello" / "broken.yaml").unlink()
+    bag = DagBag(dag_folder=bundle, bundle_path=bundle)
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == ["hello.alpha", "hello.beta"]
+
+
+def _load(bundle: Path) -> dict[str, object]:
+    namespace: dict[str, object] = {"__file__": str(bundle / "gennaker_pipelines.py")}
+    load_dags(namespace)
+    return {k: v for k, v in namespace.items() if k != "__file__"}
+
+
+def test_load_dags_outside_a_dagbag_builds_everything(bundle: Path) -> None:
+    built = _load(bundle)
+    assert sorted(dag.dag_id for dag in built.values()) == ["hello.alpha", "hello.beta"]
+
+
+def test_parsing_context_builds_only_the_wanted_pipeline(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow.sdk import get_parsing_context
+
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "hello.beta")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "pause")
+    assert get_parsing_context().dag_id == "hello.beta"
+    built = _load(bundle)
+    assert [dag.dag_id for dag in built.values()] == ["hello.beta"]
+
+
+def test_parsing_context_build_matches_the_full_build(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A task runs the DAG its worker parsed: it must be the DAG the DAG processor stored (publish task included).
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    full = {dag.dag_id: DagSerialization.to_dict(dag) for dag in _load(bundle).values()}
+    for dag_id in ("hello.alpha", "hello.beta"):
+        monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", dag_id)
+        (dag,) = _load(bundle).values()
+        assert DagSerialization.to_dict(dag) == full[dag_id]
+
+
+def test_parsing_context_of_an_unknown_dag_builds_everything(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "someone.else")
+    assert sorted(dag.dag_id for dag in _load(bundle).values()) == ["hello.alpha", "hello.beta"]
+
+
+def test_parsing_context_of_a_broken_pipeline_builds_no_broken_dag(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "hello.broken")
+    assert sorted(dag.dag_id for dag in _load(bundle).values()) == ["hello.alpha", "hello.beta"]
