@@ -24,6 +24,8 @@ not stop them); the gate then tells a ``when``-skip (go on) from a halted branch
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
@@ -65,6 +67,11 @@ _CONTROL_FLOW: tuple[type[BaseException], ...] = (
     KeyboardInterrupt,
     SystemExit,
 )
+
+
+@functools.cache
+def _keywords(init: Callable[..., Any]) -> frozenset[str]:
+    return frozenset(inspect.signature(init).parameters)
 
 
 class StageOutputs(Mapping[str, Any]):
@@ -132,6 +139,10 @@ class StageMixin:
         next_init = super().__init__
         unwrapped = getattr(next_init, "__wrapped__", None)
         if unwrapped is not None and "default_args" in kwargs:
+            # What the skipped wrapper would do: fill the next __init__'s own keywords from default_args.
+            for name, value in (kwargs["default_args"] or {}).items():
+                if name not in kwargs and name in _keywords(unwrapped):
+                    kwargs[name] = value
             unwrapped(self, **kwargs)
         else:
             next_init(**kwargs)
