@@ -88,3 +88,12 @@ def test_the_pydantic_type_parses_and_serialises() -> None:
     assert adapter.dump_python(timedelta(minutes=90)) == "1h30m"
     with pytest.raises(ValidationError, match="is not a duration"):
         adapter.validate_python("soon")
+
+
+def test_nan_is_not_a_duration():
+    import pytest
+
+    from gennaker.spec.durations import parse_duration
+
+    with pytest.raises(ValueError, match="NaN"):
+        parse_duration(float("nan"))

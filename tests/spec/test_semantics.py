@@ -197,3 +197,14 @@ def test_unknown_trigger_pipeline_never_suggests_itself(write: Write) -> None:
     assert _headlines(load_folder(root), "pipelines/deploy.yaml") == [
         "pipelines/deploy.yaml:3:32 triggers[0].pipeline: unknown pipeline 'hello.deplo' (did you mean 'hello.smoke'?)"
     ]
+
+
+def test_run_pipeline_cannot_run_its_own_pipeline(write: Write) -> None:
+    # With concurrency 1 the child run would wait for its parent forever.
+    write("pipelines/defaults.yaml", "application: hello\n")
+    write(
+        "pipelines/release.yaml", "name: release\nstages:\n  - {id: run, type: runPipeline, pipeline: hello.release}\n"
+    )
+    assert _headlines(load_folder(Path("pipelines")), "pipelines/release.yaml") == [
+        "pipelines/release.yaml:3:44 stages[0].pipeline: a runPipeline stage cannot run its own pipeline"
+    ]

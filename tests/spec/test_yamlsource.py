@@ -129,3 +129,10 @@ def test_load_file_reports_non_utf8(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="not UTF-8 text") as info:
         load_file(path, "latin1.yaml")
     assert info.value.position == Position("latin1.yaml", 1, 1)
+
+
+def test_yes_no_on_off_are_strings_as_in_yaml_1_2():
+    from gennaker.spec.yamlsource import parse_text
+
+    doc = parse_text("on: yes\nflag: true\noptions: [yes, no, off]\nother: False\n1: one\n", "x.yaml")
+    assert doc.data == {"on": "yes", "flag": True, "options": ["yes", "no", "off"], "other": False, "1": "one"}

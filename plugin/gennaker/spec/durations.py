@@ -33,6 +33,8 @@ def _parse_duration(value: Any) -> timedelta:
     if isinstance(value, bool):
         raise ValueError(f"expected {PATTERN_HELP}, got {value!r}")
     if isinstance(value, int | float):
+        if value != value:  # NaN (YAML .nan)
+            raise ValueError(f"expected {PATTERN_HELP}, got NaN")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return timedelta(seconds=value)

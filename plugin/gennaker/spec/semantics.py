@@ -188,7 +188,10 @@ def check_references(pipeline: Pipeline, positions: SourceMap, known: set[str]) 
             elif trig.pipeline == pipeline.dag_id:
                 errors.append(SpecError("a pipeline cannot trigger itself", positions.find(loc), loc))
     for i, stage in enumerate(pipeline.stages):
-        if isinstance(stage, RunPipelineStage) and stage.pipeline not in known:
+        if isinstance(stage, RunPipelineStage) and stage.pipeline == pipeline.dag_id:
+            loc = ("stages", i, "pipeline")
+            errors.append(SpecError("a runPipeline stage cannot run its own pipeline", positions.find(loc), loc))
+        elif isinstance(stage, RunPipelineStage) and stage.pipeline not in known:
             loc = ("stages", i, "pipeline")
             errors.append(
                 SpecError(

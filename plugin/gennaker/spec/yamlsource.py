@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - depends on the PyYAML build
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 _STR = "tag:yaml.org,2002:str"
+_BOOL = "tag:yaml.org,2002:bool"
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
 _SCALARS = {
@@ -114,6 +115,10 @@ class _Builder:
                 return node.value
             if node.tag == _STR:
                 return node.value
+            if node.tag == _BOOL and node.value.lower() not in ("true", "false"):
+                # YAML 1.1 reads yes/no/on/off as booleans (`options: [yes, no]`, a key `on:`);
+                # specs follow YAML 1.2, where only true and false are.
+                return node.value
             if node.tag not in _SCALARS:
                 raise self._bad_tag(node, loc)
             return self._scalar(node)
@@ -132,7 +137,7 @@ class _Builder:
                 )
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALARS:
                 raise SpecError("mapping keys must be plain strings", _pos(self.file, key_node.start_mark), loc)
-            key = key_node.value if key_node.tag == _STR else str(self._scalar(key_node))
+            key = key_node.value  # keys are names: the text as written (`on:` is "on", `1:` is "1")
             child = (*loc, key)
             if key in out:
                 raise SpecError(
