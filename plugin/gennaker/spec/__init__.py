@@ -1,19 +1,32 @@
-"""The pipeline language: models, YAML loading with file:line errors, templates, JSON Schema."""
+"""The pipeline language: models, YAML loading with file:line errors, templates, JSON Schema.
 
-from gennaker.spec.errors import GennakerError, Position, SpecError, SpecErrors
-from gennaker.spec.loader import FolderResult, LoadedSpec, discover, load_folder, load_spec
-from gennaker.spec.models import STAGE_TYPES, Pipeline
+Names are imported lazily: ``gennaker.spec.errors`` is imported by processes that never
+load a spec (the local provider's supervisor and proxy), and must not pay for the models.
+"""
 
-__all__ = [
-    "STAGE_TYPES",
-    "FolderResult",
-    "GennakerError",
-    "LoadedSpec",
-    "Pipeline",
-    "Position",
-    "SpecError",
-    "SpecErrors",
-    "discover",
-    "load_folder",
-    "load_spec",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "GennakerError": "gennaker.spec.errors",
+    "Position": "gennaker.spec.errors",
+    "SpecError": "gennaker.spec.errors",
+    "SpecErrors": "gennaker.spec.errors",
+    "FolderResult": "gennaker.spec.loader",
+    "LoadedSpec": "gennaker.spec.loader",
+    "discover": "gennaker.spec.loader",
+    "load_folder": "gennaker.spec.loader",
+    "load_spec": "gennaker.spec.loader",
+    "STAGE_TYPES": "gennaker.spec.models",
+    "Pipeline": "gennaker.spec.models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gennaker.spec' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
