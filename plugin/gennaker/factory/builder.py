@@ -108,7 +108,7 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
     Raises :class:`SpecErrors` for what the factory cannot build (a stage type that
     cannot run yet), positioned like every other spec error.
     """
-    from airflow.sdk import DAG
+    from airflow.sdk import DAG, TriggerRule
 
     from gennaker.factory.notify import dag_callbacks, stage_callbacks
     from gennaker.operators.pipeline_status import (
@@ -168,7 +168,7 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
         if parents[stage.id]:
             common["trigger_rule"] = "none_failed"
         if stage.type in BUILDERS:
-            tasks[stage.id] = build_operator(StageBuild(stage, common))
+            tasks[stage.id] = build_operator(StageBuild(stage, common, pipeline=p))
     if errors:
         raise SpecErrors(errors)
     for stage in p.stages:
@@ -185,6 +185,10 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
             outlets=[status_alias(p.dag_id)],
             doc_md="Publishes this run's outcome for the pipelines that trigger on it.",
         )
+        # A teardown does not count towards the run's state: Airflow decides it from the stages, not from this
+        # last task, which succeeds whatever they did. It has no setups and keeps its trigger rule all_done.
+        publish.as_teardown()
+        publish.trigger_rule = TriggerRule.ALL_DONE
         for leaf in leaves:
             leaf >> publish
     return dag

@@ -14,8 +14,17 @@ from gennaker.spec.errors import SpecError
 from gennaker.spec.loader import LoadedSpec
 from gennaker.spec.models import (
     CheckPreconditionsStage,
+    CloudStage,
+    DestroyServerGroupStage,
+    DisableServerGroupStage,
+    EnableServerGroupStage,
+    FindImageStage,
     ManualJudgmentStage,
+    Pipeline,
+    ResizeServerGroupStage,
+    RollbackStage,
     RunPipelineStage,
+    ServerGroupStage,
     StageBase,
     WaitStage,
 )
@@ -27,6 +36,7 @@ class StageBuild:
 
     stage: StageBase
     common: dict[str, Any]  # kwargs every stage operator takes (task_id, gate settings, ...)
+    pipeline: Pipeline | None = None  # the stage's pipeline (cluster stages default to its application)
 
 
 def _wait(b: StageBuild) -> Any:
@@ -84,25 +94,107 @@ def _run_pipeline(b: StageBuild) -> Any:
     )
 
 
+def _account(s: CloudStage) -> dict[str, Any]:
+    return {"account": s.account, "region": s.region, "cloud": s.provider}
+
+
+def _cluster(b: StageBuild, s: ServerGroupStage | RollbackStage) -> dict[str, Any]:
+    application = s.cluster.application or (b.pipeline.application if b.pipeline is not None else None)
+    if not application:
+        raise ValueError(f"stage {s.id!r}: no application for its cluster (give cluster.application)")
+    return {
+        **_account(s),
+        "application": application,
+        "stack": s.cluster.stack,
+        "detail": s.cluster.detail,
+        "target": s.target,
+    }
+
+
+def _enable(b: StageBuild) -> Any:
+    from gennaker.operators.server_group import EnableServerGroupOperator
+
+    s = b.stage
+    assert isinstance(s, EnableServerGroupStage)
+    return EnableServerGroupOperator(**_cluster(b, s), **b.common)
+
+
+def _disable(b: StageBuild) -> Any:
+    from gennaker.operators.server_group import DisableServerGroupOperator
+
+    s = b.stage
+    assert isinstance(s, DisableServerGroupStage)
+    return DisableServerGroupOperator(**_cluster(b, s), **b.common)
+
+
+def _resize(b: StageBuild) -> Any:
+    from gennaker.operators.server_group import ResizeServerGroupOperator
+
+    s = b.stage
+    assert isinstance(s, ResizeServerGroupStage)
+    return ResizeServerGroupOperator(
+        capacity=s.capacity.model_dump() if s.capacity is not None else None,
+        scale_by=s.scale_by,
+        scale_percent=s.scale_percent,
+        **_cluster(b, s),
+        **b.common,
+    )
+
+
+def _destroy(b: StageBuild) -> Any:
+    from gennaker.operators.server_group import DestroyServerGroupOperator
+
+    s = b.stage
+    assert isinstance(s, DestroyServerGroupStage)
+    return DestroyServerGroupOperator(**_cluster(b, s), **b.common)
+
+
+def _rollback(b: StageBuild) -> Any:
+    from gennaker.operators.server_group import RollbackOperator
+
+    s = b.stage
+    assert isinstance(s, RollbackStage)
+    return RollbackOperator(
+        target_healthy_percentage=s.target_healthy_percentage,
+        **_cluster(b, s),
+        **b.common,
+    )
+
+
+def _find_image(b: StageBuild) -> Any:
+    from gennaker.operators.server_group import FindImageOperator
+
+    s = b.stage
+    assert isinstance(s, FindImageStage)
+    return FindImageOperator(
+        package=s.package,
+        select=s.select,
+        tags=dict(s.tags),
+        regions=list(s.regions),
+        **_account(s),
+        **b.common,
+    )
+
+
 BUILDERS: dict[str, Callable[[StageBuild], Any]] = {
     "wait": _wait,
     "manualJudgment": _judgment,
     "checkPreconditions": _preconditions,
     "runPipeline": _run_pipeline,
+    "findImage": _find_image,
+    "enableServerGroup": _enable,
+    "disableServerGroup": _disable,
+    "resizeServerGroup": _resize,
+    "destroyServerGroup": _destroy,
+    "rollback": _rollback,
 }
 
 # Stage types the language has but this version cannot run yet, and why.
 NOT_YET = {
     "bake": "it needs the cloud providers (the local provider and bake/deploy stages come next)",
-    "findImage": "it needs the cloud providers (the local provider comes next)",
     "deploy": "it needs the cloud providers (the local provider and bake/deploy stages come next)",
     "promote": "it needs the cloud providers (the local provider and bake/deploy stages come next)",
-    "rollback": "it needs the cloud providers (the local provider comes next)",
     "canary": "it needs the canary judge and a cloud provider",
-    "enableServerGroup": "it needs the cloud providers (the local provider comes next)",
-    "disableServerGroup": "it needs the cloud providers (the local provider comes next)",
-    "resizeServerGroup": "it needs the cloud providers (the local provider comes next)",
-    "destroyServerGroup": "it needs the cloud providers (the local provider comes next)",
     "webhook": "its operator is not built yet",
     "jenkins": "the Jenkins integration is not built yet",
 }
