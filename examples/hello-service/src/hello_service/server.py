@@ -103,6 +103,9 @@ class HelloHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in two writes; without TCP_NODELAY the client's delayed ACK holds the
+        # body back ~40 ms, which would make every release look slow to a latency canary.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self, True)
 
     def finish(self) -> None:
