@@ -187,7 +187,7 @@ class StageMixin:
         if watch:
             found = ti.get_task_states(dag_id=ti.dag_id, task_ids=watch, run_ids=[ti.run_id])
             states = found.get(ti.run_id, {}) if isinstance(found, dict) else {}
-        halted_by = [t for t in self.halting_task_ids if states.get(t) == "failed" and t != ti.task_id]
+        halted_by = [t for t in self.halting_task_ids if t != ti.task_id and self._halted(ti, t, states.get(t))]
         if halted_by:
             self._skip(context, PIPELINE_HALTED, f"pipeline halted: stage {halted_by[0]!r} failed")
         for parent in upstream:
@@ -221,6 +221,14 @@ class StageMixin:
                     method_name="_window_opened",
                 )
 
+    @staticmethod
+    def _halted(ti: Any, task_id: str, state: Any) -> bool:
+        # Airflow records a failed state only once the task's process has exited, seconds later; until then
+        # the stage still reads "running", and its "pipeline halted" outcome (see _guarded) tells.
+        if state == "failed":
+            return True
+        return state == "running" and ti.xcom_pull(task_ids=task_id, key=OUTCOME_KEY) == PIPELINE_HALTED
+
     def _evaluate(self, expression: str | bool, context: Any) -> Any:
         if isinstance(expression, bool):
             return expression
@@ -248,6 +256,9 @@ class StageMixin:
                 )
                 context["ti"].xcom_push(key=OUTCOME_KEY, value=outcome)
                 raise AirflowSkipException(f"stage failed, {what} (onFailure: {mode}): {exc}") from exc
+            if mode == "halt" and self._last_try(context):
+                # Stages of other branches that start before Airflow has recorded the failure must see it now.
+                context["ti"].xcom_push(key=OUTCOME_KEY, value=PIPELINE_HALTED)
             raise
 
     def _last_try(self, context: Any) -> bool:
