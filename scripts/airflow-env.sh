@@ -11,6 +11,8 @@ export AIRFLOW__API__PORT="$_port"
 export AIRFLOW__API__BASE_URL="http://localhost:$_port"
 # New spec files show up within seconds: re-parse the DAG file and re-list the folder often.
 export AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL=5
-export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=5
+# Re-listing the folder clears import errors of files Airflow did not list itself (our specs) until the
+# next parse, and only a re-list clears the error of a fixed spec: once a minute is the compromise.
+export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=60
 export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=5
 export GENNAKER_TEMPLATE_PATH="$_root/templates"

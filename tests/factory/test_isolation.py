@@ -98,14 +98,33 @@ def test_parsing_context_builds_only_the_wanted_pipeline(bundle: Path, monkeypat
 
 
 def test_parsing_context_build_matches_the_full_build(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A task runs the DAG its worker parsed: it must be the DAG the DAG processor stored (publish task included).
+    # A task runs the DAG its worker parsed: the task and everything upstream of it must be as the DAG
+    # processor stored them. The publish-status task (a teardown leaf nothing depends on) is only built
+    # when it is the task to run, so that finding out whether anyone listens costs no read of other specs.
     from airflow.serialization.serialized_objects import DagSerialization
 
     full = {dag.dag_id: DagSerialization.to_dict(dag) for dag in _load(bundle).values()}
-    for dag_id in ("hello.alpha", "hello.beta"):
-        monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", dag_id)
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "hello.alpha")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "gennaker_pipeline_status")
+    (dag,) = _load(bundle).values()
+    assert DagSerialization.to_dict(dag) == full["hello.alpha"]
+
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "hello.beta")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "pause")
+    (dag,) = _load(bundle).values()
+    assert DagSerialization.to_dict(dag) == full["hello.beta"]
+
+
+def test_task_start_parse_of_a_stage_has_the_same_stages(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = _load(bundle)["gennaker_dag__hello.alpha"]
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "hello.alpha")
+    for task_id in full.task_ids:  # type: ignore[attr-defined]
+        if task_id == "gennaker_pipeline_status":
+            continue
+        monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", task_id)
         (dag,) = _load(bundle).values()
-        assert DagSerialization.to_dict(dag) == full[dag_id]
+        stages = {t: full.get_task(t).upstream_task_ids for t in full.task_ids if t != "gennaker_pipeline_status"}  # type: ignore[attr-defined]
+        assert {t: dag.get_task(t).upstream_task_ids for t in dag.task_ids} == stages  # type: ignore[attr-defined]
 
 
 def test_parsing_context_of_an_unknown_dag_builds_everything(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gennaker.factory.builder import build_dag
-from gennaker.factory.index import build_index, mentions
+from gennaker.factory.index import find_spec_files
 from gennaker.factory.report import report_import_errors
 from gennaker.spec.errors import SpecErrors
 from gennaker.spec.loader import FolderCache, LoadedSpec, load_folder, load_spec
@@ -80,35 +80,32 @@ def build_all(folder: Path, base: Path | None = None) -> FactoryResult:
     return result
 
 
-def build_one(folder: Path, dag_id: str, base: Path | None = None) -> FactoryResult:
-    """Only the pipeline ``dag_id`` (for a task's parse); cost does not grow with the folder."""
+def build_one(folder: Path, dag_id: str, base: Path | None = None, task_id: str | None = None) -> FactoryResult:
+    """Only the pipeline ``dag_id``, for the parse Airflow does to run one of its tasks.
+
+    The cost does not grow with the folder: the spec is found by a cheap index (see
+    :mod:`index`), and other pipelines are not read. Whether another pipeline listens
+    to this one only adds the publish-status task, a teardown leaf that no stage depends
+    on, so it is built exactly when that is the task to run.
+    """
+    from gennaker.operators.pipeline_status import PUBLISH_TASK_ID
+
     result = FactoryResult()
-    cache = FolderCache(folder, base)
-    candidates = build_index(cache.root).get(dag_id, [])
-    for entry in candidates:
+    # One spec: parsing it (a few ms) is cheaper than reading the folder's whole parse cache.
+    cache = FolderCache(folder, base, parse_cache=False)
+    for path in find_spec_files(cache.root, dag_id):
         try:
-            spec = load_spec(entry.path, cache=cache)
+            spec = load_spec(path, cache=cache)
         except SpecErrors:
             continue
         if spec.pipeline.dag_id != dag_id:
             continue
         try:
-            result.dags[dag_id] = build_dag(spec, listened=_has_listener(cache, dag_id, entry.path))
+            result.dags[dag_id] = build_dag(spec, listened=task_id == PUBLISH_TASK_ID)
         except SpecErrors:
             pass  # the caller falls back to the full build, which reports it like the DAG processor does
         break
     return result
-
-
-def _has_listener(cache: FolderCache, dag_id: str, own: Path) -> bool:
-    for path in mentions(cache.root, dag_id, exclude=own):
-        try:
-            spec = load_spec(path, cache=cache)
-        except SpecErrors:
-            continue
-        if any(isinstance(t, PipelineTrigger) and t.pipeline == dag_id for t in spec.pipeline.triggers):
-            return True
-    return False
 
 
 def load_dags(namespace: MutableMapping[str, Any], folder: str | Path | None = None) -> FactoryResult:
@@ -123,8 +120,9 @@ def load_dags(namespace: MutableMapping[str, Any], folder: str | Path | None = N
     if not root.is_dir():
         log.warning("gennaker: pipelines folder %s does not exist; no pipelines loaded", root)
         return FactoryResult()
-    wanted = get_parsing_context().dag_id
-    result = build_one(root, wanted, base) if wanted else FactoryResult()
+    context = get_parsing_context()
+    wanted = context.dag_id
+    result = build_one(root, wanted, base, context.task_id) if wanted else FactoryResult()
     if not result.dags:  # the DAG processor, or a dag_id that is not ours: build everything
         result = build_all(root, base)
         report_import_errors(result.errors)

@@ -48,22 +48,7 @@ class IndexEntry:
 
 def build_index(root: Path) -> dict[str, list[IndexEntry]]:
     """dag_id -> the spec files that (cheaply) appear to define it."""
-    defaults_app: dict[Path, str | None] = {}
-
-    def app_from_defaults(folder: Path) -> str | None:
-        if folder in defaults_app:
-            return defaults_app[folder]
-        found: str | None = None
-        for name in DEFAULTS_NAMES:
-            f = folder / name
-            if f.is_file():
-                found = _top_level(f.read_text(encoding="utf-8", errors="replace")).get("application")
-                break
-        if found is None and folder != root and root in folder.parents:
-            found = app_from_defaults(folder.parent)
-        defaults_app[folder] = found
-        return found
-
+    memo: dict[Path, str | None] = {}
     index: dict[str, list[IndexEntry]] = {}
     for path in discover(root):
         try:
@@ -71,7 +56,7 @@ def build_index(root: Path) -> dict[str, list[IndexEntry]]:
         except (OSError, UnicodeDecodeError):
             continue
         top = _top_level(text)
-        app = top.get("application") or app_from_defaults(path.parent)
+        app = top.get("application") or _app_from_defaults(root, path.parent, memo)
         name = top.get("name")
         if app and name:
             dag_id = f"{app}.{name}"
@@ -79,15 +64,40 @@ def build_index(root: Path) -> dict[str, list[IndexEntry]]:
     return index
 
 
-def mentions(root: Path, dag_id: str, exclude: Path | None = None) -> list[Path]:
-    """Spec files other than ``exclude`` whose text mentions ``dag_id`` (listener candidates)."""
-    out = []
-    for path in discover(root):
-        if exclude is not None and path == exclude:
-            continue
+def find_spec_files(root: Path, dag_id: str) -> list[Path]:
+    """The spec files that (cheaply) appear to define ``dag_id``.
+
+    Files named after the pipeline or its application (``<app>/<name>.yaml``,
+    ``<name>.yaml``, ``<app>.yaml``) are tried first, reading only them; the whole
+    folder is indexed only when none of them defines it.
+    """
+    application, _, name = dag_id.partition(".")
+    files = discover(root)
+    likely = [p for p in files if p.stem in (name, application) or p.parent.name == application]
+    for path in likely:
         try:
-            if dag_id in path.read_text(encoding="utf-8"):
-                out.append(path)
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-    return out
+        top = _top_level(text)
+        if (
+            top.get("name") == name
+            and (top.get("application") or _app_from_defaults(root, path.parent, {})) == application
+        ):
+            return [path]
+    return [entry.path for entry in build_index(root).get(dag_id, [])]
+
+
+def _app_from_defaults(root: Path, folder: Path, memo: dict[Path, str | None]) -> str | None:
+    """The application the nearest defaults.yaml (up to ``root``) gives specs in ``folder``."""
+    if folder not in memo:
+        found: str | None = None
+        for name in DEFAULTS_NAMES:
+            f = folder / name
+            if f.is_file():
+                found = _top_level(f.read_text(encoding="utf-8", errors="replace")).get("application")
+                break
+        if found is None and folder != root and root in folder.parents:
+            found = _app_from_defaults(root, folder.parent, memo)
+        memo[folder] = found
+    return memo[folder]
