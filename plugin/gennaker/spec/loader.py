@@ -8,13 +8,14 @@ file's problems are reported together. One broken file never stops the others:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from gennaker.spec import cache as spec_cache
 from gennaker.spec import semantics
 from gennaker.spec.errors import Position, SpecError, SpecErrors
 from gennaker.spec.models import Pipeline, StageBase
@@ -27,16 +28,51 @@ SPEC_SUFFIXES = (".yaml", ".yml")
 _DEFAULTS_ONLY = "stageDefaults"
 
 
-@dataclass
 class LoadedSpec:
-    """A valid pipeline and where it came from."""
+    """A valid pipeline and where it came from.
 
-    path: Path
-    display: str
-    pipeline: Pipeline
-    data: dict[str, Any]
-    positions: SourceMap
-    source: str
+    A spec served from the parse cache (:mod:`gennaker.spec.cache`) has no source
+    positions until something asks for them (an error to report): then it is loaded
+    again from its file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        display: str,
+        pipeline: Pipeline,
+        data: dict[str, Any] | None,
+        positions: SourceMap | None,
+        source: str,
+        reload: Callable[[], LoadedSpec] | None = None,
+    ) -> None:
+        self.path = path
+        self.display = display
+        self.pipeline = pipeline
+        self.source = source
+        self._data = data
+        self._positions = positions
+        self._reload = reload
+
+    def _fill(self) -> None:
+        if self._reload is None:
+            raise RuntimeError(f"{self.display}: no source positions and no way to reload them")
+        full = self._reload()
+        self._data, self._positions = full.data, full.positions
+
+    @property
+    def positions(self) -> SourceMap:
+        if self._positions is None:
+            self._fill()
+        assert self._positions is not None
+        return self._positions
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._fill()
+        assert self._data is not None
+        return self._data
 
 
 @dataclass
@@ -231,11 +267,14 @@ class FolderCache:
     large folder; one cache serves a whole :func:`load_folder` (or one spec).
     """
 
-    def __init__(self, root: Path, base: Path | None = None) -> None:
+    def __init__(self, root: Path, base: Path | None = None, *, parse_cache: bool = True) -> None:
         self.root = root.resolve()
         self.anchor = (base or Path.cwd()).resolve()
         self._defaults: dict[Path, tuple[list[Document], list[SpecError]]] = {}
+        self._defaults_texts: dict[Path, list[str]] = {}
         self._templates: dict[Path, list[Path]] = {}
+        self._template_texts: dict[tuple[Path, str], str | None] = {}
+        self.specs = spec_cache.SpecCache(self.root) if parse_cache and spec_cache.enabled() else None
 
     def display(self, path: Path) -> str:
         """``path`` (absolute) named relative to the anchor (the repository, or the cwd)."""
@@ -265,6 +304,26 @@ class FolderCache:
             self._templates[folder] = template_search_path(folder / "_")
         return self._templates[folder]
 
+    def fingerprint(self, folder: Path, source: str) -> str:
+        """What a spec in ``folder`` with this text was built from (see :mod:`gennaker.spec.cache`)."""
+        if folder not in self._defaults_texts:
+            self._defaults_texts[folder] = [
+                p.read_text(encoding="utf-8", errors="replace") for p in defaults_chain(folder / "_", self.root)
+            ]
+        search = self.templates(folder)
+        name = spec_cache.template_name(source)
+        text = None
+        if name is not None:
+            key = (folder, name)
+            if key not in self._template_texts:
+                found = [d / f"{name}{ext}" for d in search for ext in (".yaml", ".yml")]
+                existing = [f for f in found if f.is_file()]
+                self._template_texts[key] = (
+                    existing[0].read_text(encoding="utf-8", errors="replace") if existing else None
+                )
+            text = self._template_texts[key]
+        return spec_cache.fingerprint(source, self._defaults_texts[folder], text, search)
+
 
 def load_spec(
     path: Path | str,
@@ -287,6 +346,16 @@ def load_spec(
         raise SpecErrors([SpecError(f"not UTF-8 text: {exc.reason}", Position(name, 1, 1))]) from None
     except OSError as exc:
         raise SpecErrors([SpecError(f"cannot read file: {exc.strerror}", Position(name, 1, 1))]) from None
+    print_ = cache.fingerprint(path.parent, source) if cache.specs is not None else ""
+    if cache.specs is not None:
+        pipeline = cache.specs.get(path, print_)
+        if pipeline is not None:
+            spec = LoadedSpec(path, name, pipeline, None, None, source, reload=lambda: _uncached(path, name, cache))
+            if known_pipelines is not None:
+                problems = semantics.check_references(pipeline, spec.positions, known_pipelines)
+                if problems:
+                    raise SpecErrors(problems)
+            return spec
     try:
         doc = parse_text(source, name)
     except SpecError as exc:
@@ -313,7 +382,15 @@ def load_spec(
     problems = semantics.check(pipeline, positions, known_pipelines)
     if problems:
         raise SpecErrors(problems)
+    if cache.specs is not None:
+        cache.specs.put(path, print_, pipeline)
     return LoadedSpec(path, name, pipeline, data, positions, source)
+
+
+def _uncached(path: Path, display: str, cache: FolderCache) -> LoadedSpec:
+    """Load a spec from its file, positions included, bypassing the parse cache."""
+    fresh = FolderCache(cache.root, cache.anchor, parse_cache=False)
+    return load_spec(path, display=display, cache=fresh)
 
 
 def load_folder(root: Path, *, base: Path | None = None, files: Iterable[Path] | None = None) -> FolderResult:
@@ -344,10 +421,11 @@ def load_folder(root: Path, *, base: Path | None = None, files: Iterable[Path] |
         unloaded += [p for p in discover(cache.root) if p not in paths]
     known = set(result.specs) | _names_of(unloaded, cache)
     for dag_id, spec in list(result.specs.items()):
-        problems = semantics.check_references(spec.pipeline, spec.positions, known)
-        if problems:
-            result.errors[spec.display] = SpecErrors(problems)
+        if not semantics.references_ok(spec.pipeline, known):
+            result.errors[spec.display] = SpecErrors(semantics.check_references(spec.pipeline, spec.positions, known))
             del result.specs[dag_id]
+    if cache.specs is not None:
+        cache.specs.save(keep={str(p) for p in paths} if files is None else None)
     return result
 
 

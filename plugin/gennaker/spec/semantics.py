@@ -171,6 +171,17 @@ def _check_param_refs(pipeline: Pipeline, positions: SourceMap) -> list[SpecErro
     return errors
 
 
+def references_ok(pipeline: Pipeline, known: set[str]) -> bool:
+    """Whether every pipeline a trigger or runPipeline stage names exists (no positions needed)."""
+    for trig in pipeline.triggers:
+        if isinstance(trig, PipelineTrigger) and (trig.pipeline not in known or trig.pipeline == pipeline.dag_id):
+            return False
+    return not any(
+        isinstance(s, RunPipelineStage) and (s.pipeline not in known or s.pipeline == pipeline.dag_id)
+        for s in pipeline.stages
+    )
+
+
 def check_references(pipeline: Pipeline, positions: SourceMap, known: set[str]) -> list[SpecError]:
     """Triggers and runPipeline stages must name pipelines that exist."""
     errors = []
