@@ -64,16 +64,21 @@ def _guess_root(path: Path) -> Path:
     return path.resolve().parent
 
 
+def _emit(text: str, output: str | None) -> int:
+    """Write ``text`` to ``output`` (saying so), or to stdout."""
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from gennaker.spec.schema import pipeline_schema
 
     text = json.dumps(pipeline_schema(), indent=2, sort_keys=False) + "\n"
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(text, args.output)
 
 
 def _load_one(raw: str, root: str | None) -> object:
@@ -113,12 +118,7 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     from gennaker.spec.reference import render_reference
 
     text = render_reference()
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
-    else:
-        sys.stdout.write(text)
-    return 0
+    return _emit(text, args.output)
 
 
 def build_parser() -> argparse.ArgumentParser:
