@@ -103,6 +103,7 @@ class Airflow:
     root: Path  # the folder above dags/, like a repository checkout
     dags_folder: Path
     env: dict[str, str]
+    gennaker_home: Path  # GENNAKER_HOME of the Airflow processes (the local provider's state)
     processes: list[_Process] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     http: requests.Session = field(default_factory=requests.Session)
@@ -252,7 +253,12 @@ class Airflow:
 # ---------------------------------------------------------------------- the Airflow processes
 
 
-def _airflow_env(home: Path, dags: Path, port: int, logs: Path) -> dict[str, str]:
+# The traffic-guarded account of the server-group tests: an Airflow connection of type gennaker_local.
+GUARDED_ACCOUNT = "guarded"
+GUARDED_CLUSTER = "hello-guarded"
+
+
+def _airflow_env(home: Path, dags: Path, port: int, logs: Path, gennaker_home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "GENNAKER_"))}
     env.update(
         {
@@ -294,6 +300,11 @@ def _airflow_env(home: Path, dags: Path, port: int, logs: Path) -> dict[str, str
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__API__EXPOSE_CONFIG": "False",
             "GENNAKER_TEMPLATE_PATH": str(REPO / "templates"),
+            # The local provider's state and processes: the tests set up server groups in the same home.
+            "GENNAKER_HOME": str(gennaker_home),
+            f"AIRFLOW_CONN_{GUARDED_ACCOUNT.upper()}": json.dumps(
+                {"conn_type": "gennaker_local", "extra": {"traffic_guards": [GUARDED_CLUSTER]}}
+            ),
         }
     )
     return env
@@ -378,7 +389,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     (home / "passwords.json").write_text(json.dumps(USERS))
 
     port = _free_port()
-    env = _airflow_env(home, dags, port, ARTIFACTS)
+    env = _airflow_env(home, dags, port, ARTIFACTS, root / "gennaker")
     started = time.monotonic()
     with (ARTIFACTS / "db-migrate.log").open("wb") as out:
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT, check=True)
@@ -393,7 +404,14 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
         ):
             processes.append(_start(name, args, env, root))
 
-        client = Airflow(url=f"http://127.0.0.1:{port}", root=root, dags_folder=dags, env=env, processes=processes)
+        client = Airflow(
+            url=f"http://127.0.0.1:{port}",
+            root=root,
+            dags_folder=dags,
+            env=env,
+            gennaker_home=root / "gennaker",
+            processes=processes,
+        )
 
         def api_up() -> bool:
             _check_alive(processes)
