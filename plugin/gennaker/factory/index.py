@@ -43,7 +43,6 @@ def _top_level(text: str) -> dict[str, str]:
 class IndexEntry:
     path: Path
     dag_id: str
-    text: str
 
 
 def build_index(root: Path) -> dict[str, list[IndexEntry]]:
@@ -60,7 +59,7 @@ def build_index(root: Path) -> dict[str, list[IndexEntry]]:
         name = top.get("name")
         if app and name:
             dag_id = f"{app}.{name}"
-            index.setdefault(dag_id, []).append(IndexEntry(path, dag_id, text))
+            index.setdefault(dag_id, []).append(IndexEntry(path, dag_id))
     return index
 
 

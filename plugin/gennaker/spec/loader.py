@@ -19,7 +19,7 @@ from gennaker.spec import cache as spec_cache
 from gennaker.spec import semantics
 from gennaker.spec.errors import Position, SpecError, SpecErrors
 from gennaker.spec.models import Pipeline, StageBase
-from gennaker.spec.templates import expand
+from gennaker.spec.templates import expand, locate_template
 from gennaker.spec.validation import errors_from_validation
 from gennaker.spec.yamlsource import Document, SourceMap, load_file, parse_text
 
@@ -82,18 +82,6 @@ class FolderResult:
     specs: dict[str, LoadedSpec] = field(default_factory=dict)  # by dag_id
     errors: dict[str, SpecErrors] = field(default_factory=dict)  # by display path
     paths: dict[str, Path] = field(default_factory=dict)  # display path -> file, for every file read
-
-
-def display_path(path: Path, base: Path | None = None) -> str:
-    """How a file is named in messages: relative to ``base`` (or the cwd) when possible."""
-    for anchor in (base, Path.cwd()):
-        if anchor is None:
-            continue
-        try:
-            return str(path.resolve().relative_to(anchor.resolve()))
-        except ValueError:
-            continue
-    return str(path)
 
 
 def template_search_path(spec_path: Path) -> list[Path]:
@@ -316,11 +304,8 @@ class FolderCache:
         if name is not None:
             key = (folder, name)
             if key not in self._template_texts:
-                found = [d / f"{name}{ext}" for d in search for ext in (".yaml", ".yml")]
-                existing = [f for f in found if f.is_file()]
-                self._template_texts[key] = (
-                    existing[0].read_text(encoding="utf-8", errors="replace") if existing else None
-                )
+                found = locate_template(name, search)
+                self._template_texts[key] = found.read_text(encoding="utf-8", errors="replace") if found else None
             text = self._template_texts[key]
         return spec_cache.fingerprint(source, self._defaults_texts[folder], text, search)
 

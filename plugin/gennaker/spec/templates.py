@@ -81,12 +81,20 @@ def check_type(var: Variable, value: Any) -> str | None:
     return None
 
 
-def find_template(name: str, search_path: list[Path], where: Position | None) -> Path:
+def locate_template(name: str, search_path: list[Path]) -> Path | None:
+    """The file of template ``name``: the first ``<name>.yaml`` (or ``.yml``) on the search path."""
     for folder in search_path:
         for ext in (".yaml", ".yml"):
             candidate = folder / f"{name}{ext}"
             if candidate.is_file():
                 return candidate
+    return None
+
+
+def find_template(name: str, search_path: list[Path], where: Position | None) -> Path:
+    found = locate_template(name, search_path)
+    if found is not None:
+        return found
     known = sorted({p.stem for folder in search_path if folder.is_dir() for p in folder.glob("*.y*ml")})
     places = ", ".join(str(p) for p in search_path) or "no template folder found"
     raise SpecError(
