@@ -19,19 +19,18 @@ import http.client
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from localcloud import bounded_to, build_hello, describe, free_port, marked_processes, wait_for
 
 from gennaker.cloud import local_proxy, local_supervisor
 from gennaker.cloud.local import LocalProvider
@@ -48,14 +47,13 @@ from gennaker.cloud.model import (
 from gennaker.cloud.provider import IdempotencyKey
 from gennaker.cloud.state import StateStore
 
-from .conftest import ARTIFACTS, GUARDED_ACCOUNT, GUARDED_CLUSTER, REPO, Airflow
+from .conftest import ARTIFACTS, GUARDED_ACCOUNT, GUARDED_CLUSTER, Airflow
 
 pytestmark = pytest.mark.integration
 
 if not Path("/proc/self/environ").exists():  # pragma: no cover - leftovers are found through /proc
     pytest.skip("needs Linux /proc", allow_module_level=True)
 
-BUILD_HELLO = REPO / "scripts" / "build-hello.sh"
 ACCOUNT = REGION = "local"
 PYTHON_BASE = f"python-{sys.version_info[0]}.{sys.version_info[1]}"
 FAST_HEALTH = {"type": "http", "path": "/health", "interval": "0.2s", "timeout": "2s"}
@@ -66,83 +64,22 @@ STAGES = ["resize", "enable", "disable", "find", "rollback"]
 TEST_SECONDS = 300
 LOAD_LIMIT = 200.0  # the request loop stops by itself after this long
 WAIT = 30.0
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- waiting and bounding
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = WAIT, every: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-
-
-class Timeout(BaseException):
-    """Raised in the main thread by the per-test timer."""
+# --------------------------------------------------------------------------- bounding
 
 
 @pytest.fixture(autouse=True)
 def bounded() -> Iterator[None]:
     """Fail a test that runs longer than TEST_SECONDS (teardown still cleans up)."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise Timeout(f"the test ran longer than {TEST_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, TEST_SECONDS)
-    try:
+    with bounded_to(TEST_SECONDS):
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _running(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2] not in "ZXx"
-
-
-def leftovers(mark: str, home: Path) -> list[int]:
-    """Running processes carrying ``GENNAKER_TEST_MARK=<mark>`` or started from the home (by a task)."""
-    entry = f"GENNAKER_TEST_MARK={mark}".encode()
-    needle = str(home).encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes()
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if (entry in environ.split(b"\0") or needle in cmdline) and _running(int(proc.name)):
-            found.append(int(proc.name))
-    return found
-
-
-def describe(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- HTTP load
@@ -216,21 +153,6 @@ class Load:
 
 
 # --------------------------------------------------------------------------- the cloud
-
-
-def build_hello(version: str, out: Path) -> Path:
-    done = subprocess.run(
-        [str(BUILD_HELLO), version, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHON": sys.executable},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    wheel = Path(done.stdout.strip().splitlines()[-1])
-    assert wheel.is_file()
-    return wheel
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +262,7 @@ class Cloud:
             instances = provider.instances(name)
             return len(instances) == count and all(i.health is Health.UP for i in instances)
 
-        wait_for(f"{count} Up instance(s) of {name}", up)
+        wait_for(f"{count} Up instance(s) of {name}", up, timeout=WAIT, every=0.1)
 
     def wait_serving(self, port: int, version: str) -> None:
         def answers() -> bool:
@@ -353,7 +275,7 @@ class Cloud:
             finally:
                 conn.close()
 
-        wait_for(f"the load balancer on port {port} to serve {version}", answers)
+        wait_for(f"the load balancer on port {port} to serve {version}", answers, timeout=WAIT, every=0.1)
 
     def close(self) -> list[str]:
         """Stop every supervisor and proxy of the home; kill and report whatever is left."""
@@ -376,7 +298,7 @@ class Cloud:
         for provider in self.providers:
             provider.close()
         deadline = time.monotonic() + 10
-        while (left := leftovers(self.mark, self.home)) and time.monotonic() < deadline:
+        while (left := marked_processes(self.mark, started_from=self.home)) and time.monotonic() < deadline:
             time.sleep(0.1)
         if left:
             problems.append("left running: " + "; ".join(f"{pid} {describe(pid)}" for pid in left))

@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from localcloud import build_hello, free_port
 
 from gennaker.cloud.errors import InvalidRequest, NotFound
 from gennaker.cloud.local_images import MANIFEST, TOOLS_ENV, bake, images_root, launch_spec, read_manifest
@@ -48,22 +48,6 @@ PYTHON_BASE = f"python-{sys.version_info[0]}.{sys.version_info[1]}"
 START_TIMEOUT = 30.0
 
 # --------------------------------------------------------------------------- fixtures and helpers
-
-
-def build_hello(version: str, out: Path, *options: str) -> Path:
-    done = subprocess.run(
-        [str(BUILD_HELLO), version, "--out", str(out), *options],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHON": sys.executable},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    wheel = Path(done.stdout.strip().splitlines()[-1])
-    assert wheel == out / f"hello_service-{version}-py3-none-any.whl"
-    assert wheel.is_file()
-    return wheel
 
 
 @pytest.fixture(scope="session")
@@ -131,13 +115,6 @@ def image_dirs(home: Path) -> list[str]:
     if not root.exists():
         return []
     return sorted(path.name for path in root.iterdir() if not path.name.startswith((".lock-", ".tools")))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

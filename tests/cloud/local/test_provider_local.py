@@ -22,18 +22,18 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from localcloud import bounded_to, build_hello, describe, free_port, marked_processes, proc_running, wait_for
 
 from gennaker.cloud import local_proxy, local_supervisor
 from gennaker.cloud.errors import IdempotencyConflict, InvalidRequest, NotFound, TrafficGuardViolation
@@ -58,7 +58,6 @@ if not Path("/proc/self/environ").exists():  # pragma: no cover - leftovers are 
     pytest.skip("needs Linux /proc", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parents[3]
-BUILD_HELLO = REPO / "scripts" / "build-hello.sh"
 ACCOUNT = REGION = "local"
 LB = "hello-test"
 PYTHON_BASE = f"python-{sys.version_info[0]}.{sys.version_info[1]}"
@@ -70,94 +69,25 @@ RELEASES = {
     "v2": ("2.0.0", ()),
     "bad": ("1.1.0", ("--latency-ms", "20", "--error-rate", "0.5")),
 }
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- waiting and bounding
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = WAIT, every: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
-
-
-class Timeout(BaseException):
-    """Raised in the main thread by the per-test timer."""
+# --------------------------------------------------------------------------- bounding
 
 
 @pytest.fixture(autouse=True)
 def bounded() -> Iterator[None]:
     """Fail a test that runs longer than TEST_SECONDS (teardown still cleans up)."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise Timeout(f"the test ran longer than {TEST_SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, TEST_SECONDS)
-    try:
+    with bounded_to(TEST_SECONDS):
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def _proc_running(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return text[text.rindex(")") + 2] not in "ZXx"
-
-
-def marked_processes(mark: str) -> list[int]:
-    """Running processes whose environment carries ``GENNAKER_TEST_MARK=<mark>``."""
-    entry = f"GENNAKER_TEST_MARK={mark}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if entry in environ.split(b"\0") and _proc_running(int(proc.name)):
-            found.append(int(proc.name))
-    return found
-
-
-def describe(pid: int) -> str:
-    try:
-        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")).strip()
-    except OSError:
-        return "?"
-
-
 # --------------------------------------------------------------------------- the demo service
-
-
-def build_hello(version: str, out: Path, *options: str) -> Path:
-    done = subprocess.run(
-        [str(BUILD_HELLO), version, "--out", str(out), *options],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHON": sys.executable},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    wheel = Path(done.stdout.strip().splitlines()[-1])
-    assert wheel.is_file()
-    return wheel
 
 
 def hello_request(artifact: Path | str, version: str, **fields: Any) -> BakeRequest:
@@ -471,12 +401,6 @@ def wait_for_gone(mark: str, timeout: float) -> list[int]:
         time.sleep(0.1)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def lab(tmp_path: Path, baked: dict[str, Baked], monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
     mark = uuid.uuid4().hex
@@ -694,13 +618,13 @@ def test_resize_and_terminate(lab: Lab) -> None:
     assert op.status is OperationStatus.SUCCEEDED, op.message
     (kept,) = provider.get_server_group(name).instances
     assert local_supervisor.instance_pids(lab.home, ACCOUNT, REGION, name) == {kept.id: pids[kept.id]}
-    assert not any(_proc_running(pid) for iid, pid in pids.items() if iid != kept.id), "scaled-in processes run"
+    assert not any(proc_running(pid) for iid, pid in pids.items() if iid != kept.id), "scaled-in processes run"
 
     op = provider.terminate_instance(name, kept.id, lab.key("terminate"))
     assert op.status is OperationStatus.SUCCEEDED, op.message
     (replacement,) = lab.wait_up(provider, name, 1)
     assert replacement.id != kept.id
-    wait_for("the terminated process to end", lambda: not _proc_running(pids[kept.id]), timeout=10)
+    wait_for("the terminated process to end", lambda: not proc_running(pids[kept.id]), timeout=10)
     assert provider.get_server_group(name).capacity == Capacity(min=1, max=3, desired=1)
 
     with pytest.raises(NotFound, match="is not an instance of hello-test-v000"):
@@ -789,7 +713,7 @@ def test_destroy_ends_when_the_processes_are_gone(lab: Lab) -> None:
         provider.get_server_group(name)
     assert provider.list_server_groups("hello") == []
     assert provider.store.list_instances(account=ACCOUNT, region=REGION, server_group=name) == []
-    running = [f"{pid} {describe(pid)}" for pid in [*pids.values(), supervisor] if _proc_running(pid)]
+    running = [f"{pid} {describe(pid)}" for pid in [*pids.values(), supervisor] if proc_running(pid)]
     assert not running, f"processes of the destroyed group run: {running}"
     assert local_supervisor.supervisor_pid(lab.home, ACCOUNT, REGION, name) is None
     reply = lab.get()

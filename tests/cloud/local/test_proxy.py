@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from localcloud import free_port
 
 from gennaker.cloud.errors import NotFound
 from gennaker.cloud.local_proxy import (
@@ -107,12 +108,6 @@ server = ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT") or 0)), Ha
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
