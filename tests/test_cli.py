@@ -51,7 +51,7 @@ def test_validate_the_invalid_folder(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_validate_no_build_accepts_cloud_stages(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "docs/examples/pipelines"]) == 1
-    assert "gennaker cannot run 'deploy' stages yet" in capsys.readouterr().err
+    assert "gennaker cannot run 'canary' stages yet" in capsys.readouterr().err
     assert main(["validate", "--no-build", "docs/examples/pipelines"]) == 0
 
 

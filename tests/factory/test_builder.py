@@ -271,26 +271,26 @@ def test_publish_status_task_only_on_listened_pipelines(write: Write, build: Bui
 
 def test_a_stage_type_the_factory_cannot_run_is_refused_at_its_type(write: Write, build: Build) -> None:
     write(
-        "deploy.yaml",
+        "hook.yaml",
         """
         application: shop
-        name: deploy
+        name: hook
         stages:
           - {id: wait, type: wait, duration: 1s}
-          - id: deploy
-            type: deploy
-            image: {name: shop-1.0.0}
+          - id: notify
+            type: webhook
+            url: https://example.com/hook
         """,
     )
     write("ok.yaml", f"application: shop\nname: ok\nstages:\n  - {WAIT}\n")
     result = build()
     assert list(result.dags) == ["shop.ok"]  # the other pipeline still builds
     (path,) = result.errors
-    assert path == Path("pipelines/deploy.yaml").resolve()
+    assert path == Path("pipelines/hook.yaml").resolve()
     assert result.errors[path].splitlines() == [
-        "pipelines/deploy.yaml:6:11 stages[1].type: stage 'deploy': gennaker cannot run 'deploy' stages yet: "
-        "it needs the cloud providers (the local provider and bake/deploy stages come next)",
-        "    6 |     type: deploy",
+        "pipelines/hook.yaml:6:11 stages[1].type: stage 'notify': gennaker cannot run 'webhook' stages yet: "
+        "its operator is not built yet",
+        "    6 |     type: webhook",
         "      |           ^",
     ]
 

@@ -80,25 +80,25 @@ def test_stage_defaults_fill_the_account(write: Write, build: Build) -> None:
     assert (t["off"].account, t["off"].region) == ("staging", "eu")
 
 
-def test_the_cloud_stages_still_missing_are_refused(write: Write, build: Build) -> None:
-    assert set(NOT_YET) == {"bake", "deploy", "promote", "canary", "webhook", "jenkins"}
+def test_the_stages_still_missing_are_refused(write: Write, build: Build) -> None:
+    assert set(NOT_YET) == {"canary", "webhook", "jenkins"}
     assert not set(NOT_YET) & set(BUILDERS)
     write(
-        "bake.yaml",
+        "hook.yaml",
         """
         application: hello
-        name: bake
+        name: hook
         stages:
           - {id: find, type: findImage, package: hello-service}
-          - {id: bake, type: bake, package: hello-service}
+          - {id: hook, type: webhook, url: "https://example.com"}
         """,
     )
     result = build()
     assert result.dags == {}
     (message,) = result.errors.values()
     assert message.splitlines()[0] == (
-        "pipelines/bake.yaml:5:22 stages[1].type: stage 'bake': gennaker cannot run 'bake' stages yet: "
-        "it needs the cloud providers (the local provider and bake/deploy stages come next)"
+        "pipelines/hook.yaml:5:22 stages[1].type: stage 'hook': gennaker cannot run 'webhook' stages yet: "
+        "its operator is not built yet"
     )
 
 

@@ -174,8 +174,9 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
     for stage in p.stages:
         for parent in parents[stage.id]:
             tasks[parent] >> tasks[stage.id]
+    extra = [_auto_rollback(stage, p, tasks, dag) for stage in p.stages if _rolls_back(stage)]
     if listened:
-        leaves = [t for t in tasks.values() if not t.downstream_list]
+        leaves = [t for t in [*tasks.values(), *extra] if not t.downstream_list]
         publish = PublishPipelineStatusOperator(
             task_id=PUBLISH_TASK_ID,
             task_display_name="publish pipeline status",
@@ -192,3 +193,52 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
         for leaf in leaves:
             leaf >> publish
     return dag
+
+
+def _rolls_back(stage: Any) -> bool:
+    return stage.type in ("deploy", "promote") and bool(stage.rollback.on_failure)
+
+
+def _auto_rollback(stage: Any, p: Pipeline, tasks: dict[str, Any], dag: Any) -> Any:
+    """The teardown of a deploy's or promote's ``rollback.onFailure``: after it and every stage after it."""
+    from airflow.sdk import TriggerRule
+
+    from gennaker.factory.stages import StageBuild, deploy_cluster
+    from gennaker.operators.deploy import AutoRollbackOperator
+
+    children: dict[str, list[str]] = {s.id: [] for s in p.stages}
+    for child, parents in p.parents().items():
+        for parent in parents:
+            children[parent].append(child)
+    watched = {stage.id}
+    stack = [stage.id]
+    while stack:
+        for child in children[stack.pop()]:
+            if child not in watched:
+                watched.add(child)
+                stack.append(child)
+    task = AutoRollbackOperator(
+        task_id=f"{stage.id}.rollback_on_failure",
+        task_display_name=f"{stage.display_name}: roll back on failure",
+        dag=dag,
+        stage_id=f"{stage.id}.rollback_on_failure",
+        source_stage=stage.id,
+        watched_task_ids=sorted(watched),
+        rollback_action=stage.rollback.action,
+        account=stage.account,
+        region=stage.region,
+        cloud=stage.provider,
+        owner=p.owner,
+        doc_md=(
+            f"Rolls `{stage.id}` back if it or a stage after it fails (rollback.onFailure): the previous "
+            f"server group takes the traffic back and the new one is {stage.rollback.action}d."
+        ),
+        **deploy_cluster(StageBuild(stage, {}, pipeline=p), stage),
+    )
+    # A teardown: it runs whatever the stages did and does not decide the run's state.
+    task.as_teardown()
+    task.trigger_rule = TriggerRule.ALL_DONE
+    for watched_id in sorted(watched):
+        if not children[watched_id]:
+            tasks[watched_id] >> task
+    return task

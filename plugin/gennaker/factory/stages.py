@@ -13,21 +13,27 @@ from typing import Any
 from gennaker.spec.errors import SpecError
 from gennaker.spec.loader import LoadedSpec
 from gennaker.spec.models import (
+    BakeStage,
     CheckPreconditionsStage,
     CloudStage,
+    ClusterRef,
+    DeployStage,
     DestroyServerGroupStage,
     DisableServerGroupStage,
     EnableServerGroupStage,
     FindImageStage,
     ManualJudgmentStage,
     Pipeline,
+    PromoteStage,
     ResizeServerGroupStage,
     RollbackStage,
     RunPipelineStage,
     ServerGroupStage,
     StageBase,
+    UpsertLoadBalancerStage,
     WaitStage,
 )
+from gennaker.spec.semantics import nearest
 
 
 @dataclass
@@ -98,17 +104,28 @@ def _account(s: CloudStage) -> dict[str, Any]:
     return {"account": s.account, "region": s.region, "cloud": s.provider}
 
 
-def _cluster(b: StageBuild, s: ServerGroupStage | RollbackStage) -> dict[str, Any]:
-    application = s.cluster.application or (b.pipeline.application if b.pipeline is not None else None)
+def _cluster_of(b: StageBuild, s: StageBase, ref: ClusterRef) -> dict[str, Any]:
+    application = ref.application or (b.pipeline.application if b.pipeline is not None else None)
     if not application:
         raise ValueError(f"stage {s.id!r}: no application for its cluster (give cluster.application)")
-    return {
-        **_account(s),
-        "application": application,
-        "stack": s.cluster.stack,
-        "detail": s.cluster.detail,
-        "target": s.target,
-    }
+    return {"application": application, "stack": ref.stack, "detail": ref.detail}
+
+
+def _cluster(b: StageBuild, s: ServerGroupStage | RollbackStage) -> dict[str, Any]:
+    return {**_account(s), **_cluster_of(b, s, s.cluster), "target": s.target}
+
+
+def _nearest(b: StageBuild, types: tuple[str, ...]) -> str | None:
+    """The closest stage of one of ``types`` before this one (the semantic checks made it unique)."""
+    p = b.pipeline
+    if p is None:
+        return None
+    found = nearest(p.parents(), b.stage.id, lambda s: p.stage(s).type in types)
+    return found[0] if found else None
+
+
+def _seconds(value: Any) -> float:
+    return float(value.total_seconds()) if value is not None else 0.0
 
 
 def _enable(b: StageBuild) -> Any:
@@ -176,12 +193,134 @@ def _find_image(b: StageBuild) -> Any:
     )
 
 
+def _bake(b: StageBuild) -> Any:
+    from gennaker.operators.bake import BakeOperator
+
+    s = b.stage
+    assert isinstance(s, BakeStage)
+    return BakeOperator(
+        package=s.package,
+        application=b.pipeline.application if b.pipeline is not None else None,
+        version=s.version,
+        artifact=s.artifact,
+        base_image=s.base_image,
+        base_label=s.base_label,
+        regions=list(s.regions),
+        rebake=s.rebake,
+        start_command=s.start_command,
+        tags=dict(s.tags),
+        **_account(s),
+        **b.common,
+    )
+
+
+def _strategy(s: DeployStage) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in type(s.strategy).model_fields:
+        value = getattr(s.strategy, key)
+        out[key] = value.total_seconds() if hasattr(value, "total_seconds") else value
+    return out
+
+
+def deploy_cluster(b: StageBuild, s: DeployStage | PromoteStage) -> dict[str, Any]:
+    """The cluster of a deploy, or of a promote (its own, else the nearest deploy's before it)."""
+    if isinstance(s, DeployStage):
+        return _cluster_of(b, s, s.cluster)
+    if s.cluster is not None:
+        return _cluster_of(b, s, s.cluster)
+    source = _nearest(b, ("deploy",))
+    if source is None or b.pipeline is None:
+        raise ValueError(f"stage {s.id!r}: no cluster to promote in (give cluster, or put a deploy before it)")
+    deploy = b.pipeline.stage(source)
+    assert isinstance(deploy, DeployStage)
+    return _cluster_of(b, deploy, deploy.cluster)
+
+
+def _deploy(b: StageBuild) -> Any:
+    from gennaker.operators.deploy import DeployOperator
+
+    s = b.stage
+    assert isinstance(s, DeployStage)
+    image_stage = s.image.stage if s.image is not None else _nearest(b, ("bake", "findImage"))
+    health = s.health_check.model_dump(mode="json", by_alias=True, exclude={"wait_timeout"})
+    return DeployOperator(
+        capacity=s.capacity.model_dump(),
+        image_stage=image_stage,
+        image_name=s.image.name if s.image is not None else None,
+        load_balancers=list(s.load_balancers),
+        firewalls=list(s.firewalls),
+        health_check=health,
+        health_timeout=_seconds(s.health_check.wait_timeout) or None,
+        traffic=s.traffic,
+        strategy=_strategy(s),
+        environment=dict(s.environment),
+        tags=dict(s.tags),
+        rollback_action=s.rollback.action,
+        **deploy_cluster(b, s),
+        **_account(s),
+        **b.common,
+    )
+
+
+def _promote(b: StageBuild) -> Any:
+    from gennaker.operators.deploy import PromoteOperator
+
+    s = b.stage
+    assert isinstance(s, PromoteStage)
+    source = None if s.server_group else _nearest(b, ("deploy",))
+    # What the promote does not say, it takes from the strategy of the deploy it promotes (redblack's options).
+    inherited: dict[str, Any] = {}
+    if source is not None and b.pipeline is not None:
+        deploy = b.pipeline.stage(source)
+        if isinstance(deploy, DeployStage):
+            inherited = {k: v for k, v in _strategy(deploy).items() if k not in s.model_fields_set}
+
+    def pick(name: str, own: Any) -> Any:
+        return inherited.get(name, own)
+
+    return PromoteOperator(
+        server_group=s.server_group,
+        source_stage=source,
+        max_remaining=pick("max_remaining", s.max_remaining),
+        delay_before_disable=pick("delay_before_disable", _seconds(s.delay_before_disable)),
+        scale_down_old=pick("scale_down_old", s.scale_down_old),
+        delay_before_scale_down=pick("delay_before_scale_down", _seconds(s.delay_before_scale_down)),
+        rollback_action=s.rollback.action,
+        **deploy_cluster(b, s),
+        **_account(s),
+        **b.common,
+    )
+
+
+def _upsert_load_balancer(b: StageBuild) -> Any:
+    from gennaker.cloud.naming import cluster_name
+    from gennaker.operators.load_balancer import UpsertLoadBalancerOperator
+
+    s = b.stage
+    assert isinstance(s, UpsertLoadBalancerStage)
+    where = _cluster_of(b, s, s.cluster)
+    cluster = cluster_name(where["application"], where["stack"], where["detail"])
+    return UpsertLoadBalancerOperator(
+        application=where["application"],
+        cluster=cluster,
+        name=s.name,
+        listeners=[x.model_dump() for x in s.listeners],
+        health_check_path=s.health_check_path,
+        **_account(s),
+        **b.common,
+    )
+
+
 BUILDERS: dict[str, Callable[[StageBuild], Any]] = {
     "wait": _wait,
     "manualJudgment": _judgment,
     "checkPreconditions": _preconditions,
     "runPipeline": _run_pipeline,
     "findImage": _find_image,
+    "bake": _bake,
+    "deploy": _deploy,
+    "promote": _promote,
+    "upsertLoadBalancer": _upsert_load_balancer,
     "enableServerGroup": _enable,
     "disableServerGroup": _disable,
     "resizeServerGroup": _resize,
@@ -191,9 +330,6 @@ BUILDERS: dict[str, Callable[[StageBuild], Any]] = {
 
 # Stage types the language has but this version cannot run yet, and why.
 NOT_YET = {
-    "bake": "it needs the cloud providers (the local provider and bake/deploy stages come next)",
-    "deploy": "it needs the cloud providers (the local provider and bake/deploy stages come next)",
-    "promote": "it needs the cloud providers (the local provider and bake/deploy stages come next)",
     "canary": "it needs the canary judge and a cloud provider",
     "webhook": "its operator is not built yet",
     "jenkins": "the Jenkins integration is not built yet",

@@ -31,8 +31,11 @@ subclasses); only an unreachable cloud and a health wait that ran out of time ma
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -42,6 +45,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from gennaker.cloud.errors import (
     CloudError,
     InvalidName,
+    InvalidRequest,
     NotFound,
     ProviderUnavailable,
     TrafficGuardViolation,
@@ -71,6 +75,18 @@ PENDING_KEY = "gennaker.pending"
 # How long a health wait lasts when the stage has no timeout (the spec's HealthCheck.waitTimeout default).
 DEFAULT_WAIT = timedelta(minutes=10)
 POLL_INTERVAL = 2.0
+# A wait that ends within this long is polled in the worker (every INLINE_POLL seconds) instead of deferred:
+# a deferral costs a round trip through the triggerer and the scheduler (several seconds on Airflow 3.3).
+INLINE_WAIT = 5.0
+INLINE_POLL = 0.2
+
+
+def inline_wait_seconds() -> float:
+    """``$GENNAKER_INLINE_WAIT`` (seconds, 0 = always defer), else :data:`INLINE_WAIT`."""
+    try:
+        return max(0.0, float(os.environ.get("GENNAKER_INLINE_WAIT", INLINE_WAIT)))
+    except ValueError:
+        return INLINE_WAIT
 
 
 # --------------------------------------------------------------------------- failures
@@ -233,14 +249,24 @@ class CloudStageOperator(StageMixin, BaseOperator):
         from gennaker.triggers.server_group import ServerGroupHealthyTrigger, measure_health
 
         provider = self.get_provider()
-        _raise_failed(operations)
-        pending = [op for op in operations if not op.done]
-        with self.cloud_call(f"check the health of {group.name}"):
-            instances = provider.instances(group.name, region=group.region)
-        health = measure_health(group.name, instances, desired, percent, pending[0] if pending else None)
-        if health.healthy:
-            self.log.info("%s", health.message)
-            return
+        deadline = time.monotonic() + inline_wait_seconds()
+        said = ""
+        while True:
+            operations = self.refresh(operations)
+            _raise_failed(operations)
+            pending = [op for op in operations if not op.done]
+            with self.cloud_call(f"check the health of {group.name}"):
+                instances = provider.instances(group.name, region=group.region)
+            health = measure_health(group.name, instances, desired, percent, pending[0] if pending else None)
+            if health.healthy:
+                self.log.info("%s", health.message)
+                return
+            if time.monotonic() >= deadline:
+                break
+            if health.message != said:
+                said = health.message
+                self.log.info("%s", said)
+            time.sleep(INLINE_POLL)
         self.log.info("%s; waiting until healthy (in the triggerer, no worker slot held)", health.message)
         self._keep(context, kwargs)
         self.defer(
@@ -271,10 +297,16 @@ class CloudStageOperator(StageMixin, BaseOperator):
         """Return if every operation has ended well; defer to ``method_name`` while any runs."""
         from gennaker.triggers.server_group import ServerGroupOperationTrigger
 
-        _raise_failed(operations)
-        pending = [op for op in operations if not op.done]
-        if not pending:
-            return
+        deadline = time.monotonic() + inline_wait_seconds()
+        while True:
+            operations = self.refresh(operations)
+            _raise_failed(operations)
+            pending = [op for op in operations if not op.done]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(INLINE_POLL)
         self.log.info(
             "%s; waiting until done (in the triggerer, no worker slot held)",
             "; ".join(f"{op.kind}: {op.message or 'running'}" for op in pending),
@@ -292,6 +324,14 @@ class CloudStageOperator(StageMixin, BaseOperator):
             method_name=method_name,
             kwargs=kwargs,
         )
+
+    def refresh(self, operations: Sequence[Operation]) -> list[Operation]:
+        """The operations as they are now (those still running are asked again)."""
+        if all(op.done for op in operations):
+            return list(operations)
+        provider = self.get_provider()
+        with self.cloud_call("check on running operations"):
+            return [op if op.done else provider.operation(op.id) for op in operations]
 
     def check_event(self, event: Mapping[str, Any] | None, doing: str) -> str:
         """The event's message if the wait ended well; else fail saying ``doing`` did not finish."""
@@ -359,8 +399,7 @@ class ClusterStageOperator(CloudStageOperator):
         provider = self.get_provider()
         with self.cloud_call(f"list the server groups of {cluster}"):
             groups = provider.list_server_groups(application, cluster=cluster, region=self.region or None)
-        live = [g for g in groups if g.cluster == cluster and not g.tags.get(DESTROYING_TAG)]
-        return sorted(live, key=lambda g: g.created)  # stable: the provider's order breaks ties
+        return live_groups(groups, cluster)
 
     def resolve(self, target: str | None = None) -> tuple[ServerGroup, list[ServerGroup]]:
         """The target server group and its cluster's server groups (oldest first)."""
@@ -372,20 +411,10 @@ class ClusterStageOperator(CloudStageOperator):
                 raise CloudStageFailed(f"stage {self.stage_id!r}: {error}") from error
             groups = self.cluster_groups(self.application, cluster)
             where = f"account {self.account!r}" + (f", region {self.region!r}" if self.region else "")
-            if not groups:
-                raise ServerGroupNotFound(
-                    f"cluster {cluster} has no server groups in {where}, so there is no {target} one: "
-                    f"deploy one first, or check the stage's cluster and account"
-                )
-            if target == NEWEST:
-                return groups[-1], groups
-            if target == OLDEST:
-                return groups[0], groups
-            if len(groups) < 2:
-                raise ServerGroupNotFound(
-                    f"cluster {cluster} has no previous server group: {groups[0].name} is its only one"
-                )
-            return groups[-2], groups
+            try:
+                return pick_target(groups, target, cluster, where), groups
+            except NotFound as error:
+                raise ServerGroupNotFound(error.message) from error
         from gennaker.cloud.naming import parse_server_group_name
 
         try:
@@ -450,6 +479,126 @@ def _traffic_words(serving: Sequence[str], cluster: str) -> str:
     if serving:
         return f"traffic now on {', '.join(serving)}"
     return f"no server group of {cluster} is enabled now: the cluster takes no traffic"
+
+
+# --------------------------------------------------------------------------- shared with the Clusters page
+# The Clusters API (gennaker.web) acts through these too, so a click does what the stage does.
+
+
+def live_groups(groups: Iterable[ServerGroup], cluster: str) -> list[ServerGroup]:
+    """A cluster's server groups, oldest first by creation time (other clusters' and those being destroyed left out)."""
+    live = [g for g in groups if g.cluster == cluster and not g.tags.get(DESTROYING_TAG)]
+    return sorted(live, key=lambda g: g.created)  # stable: the provider's order breaks ties
+
+
+def pick_target(groups: Sequence[ServerGroup], target: str, cluster: str, where: str) -> ServerGroup:
+    """``newest``, ``previous`` or ``oldest`` of a cluster's live groups (oldest first); NotFound if there is none."""
+    if not groups:
+        raise NotFound(
+            f"cluster {cluster} has no server groups in {where}, so there is no {target} one: "
+            f"deploy one first, or check the stage's cluster and account",
+            hint="",
+        )
+    if target == NEWEST:
+        return groups[-1]
+    if target == OLDEST:
+        return groups[0]
+    if len(groups) < 2:
+        raise NotFound(f"cluster {cluster} has no previous server group: {groups[0].name} is its only one", hint="")
+    return groups[-2]
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """What a rollback does: grow ``restore`` to ``capacity`` if need be, enable it, then disable ``newer``."""
+
+    restore: ServerGroup
+    newest: ServerGroup
+    capacity: Capacity
+    newer: tuple[str, ...]
+    """The enabled groups newer than ``restore``: disabled once it is healthy."""
+
+    @property
+    def grows(self) -> bool:
+        """``restore`` is smaller than the newest group and grows to its size first."""
+        return self.capacity != self.restore.capacity
+
+
+def plan_rollback(restore: ServerGroup, groups: Sequence[ServerGroup], target: str) -> RollbackPlan:
+    """The rollback to ``restore`` among a cluster's live groups (oldest first); InvalidRequest if it is the newest."""
+    newest = groups[-1]
+    if restore.name == newest.name:
+        raise InvalidRequest(
+            f"nothing to roll back to: {restore.name} is the newest server group of {restore.cluster} "
+            f"(target {target!r}); roll back to an older one, e.g. target: previous",
+            hint="",
+        )
+    index = next(i for i, g in enumerate(groups) if g.name == restore.name)
+    newer = tuple(g.name for g in groups[index + 1 :] if g.enabled)
+    capacity = newest.capacity if restore.capacity.desired < newest.capacity.desired else restore.capacity
+    return RollbackPlan(restore=restore, newest=newest, capacity=capacity, newer=newer)
+
+
+CallGuard = Callable[[str], AbstractContextManager[None]]
+"""Wraps each provider call, given what it does in words (a stage turns errors into task failures)."""
+
+
+def _plain(doing: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+def _quiet(message: str, *args: Any) -> None:
+    return None
+
+
+def start_rollback(
+    provider: CloudProvider,
+    plan: RollbackPlan,
+    key: Callable[[str], IdempotencyKey],
+    *,
+    call: CallGuard = _plain,
+    log: Callable[..., None] = _quiet,
+) -> list[Operation]:
+    """Grow (if need be) and enable the group to restore; its operations. ``key(purpose)`` keys each call."""
+    restore = plan.restore
+    operations: list[Operation] = []
+    if plan.grows:
+        log(
+            "resizing %s from %s to %s, the size of %s, to take over its traffic",
+            restore.name,
+            _capacity_words(restore.capacity),
+            _capacity_words(plan.capacity),
+            plan.newest.name,
+        )
+        with call(f"resize {restore.name} for the rollback"):
+            operations.append(
+                provider.resize_server_group(restore.name, plan.capacity, key("rollback-resize"), region=restore.region)
+            )
+    with call(f"enable {restore.name} for the rollback"):
+        operations.append(provider.enable_server_group(restore.name, key("rollback-enable"), region=restore.region))
+    log("enabled %s (rolling back from %s)", restore.name, plan.newest.name)
+    return operations
+
+
+def finish_rollback(
+    provider: CloudProvider,
+    restore: str,
+    newer: Sequence[str],
+    region: str,
+    key: Callable[[str], IdempotencyKey],
+    *,
+    call: CallGuard = _plain,
+    log: Callable[..., None] = _quiet,
+) -> list[Operation]:
+    """Once the restored group is healthy: disable the newer groups (traffic guards apply); their operations."""
+    operations: list[Operation] = []
+    for name in newer:
+        with call(f"disable {name} after rolling back to {restore}"):
+            operations.append(provider.disable_server_group(name, key(f"rollback-disable-{name}"), region=region))
+        log("disabled %s (traffic now on %s)", name, restore)
+    if not newer:
+        log("no newer server group was enabled: traffic is on %s", restore)
+    return operations
 
 
 # --------------------------------------------------------------------------- enable / disable
@@ -637,42 +786,24 @@ class RollbackOperator(ClusterStageOperator):
 
     def run_stage(self, context: Any) -> Any:
         restore, groups = self.resolve()
-        newest = groups[-1]
-        if restore.name == newest.name:
-            raise CloudStageFailed(
-                f"nothing to roll back to: {restore.name} is the newest server group of {restore.cluster} "
-                f"(target {self.target!r}); roll back to an older one, e.g. target: previous"
-            )
-        index = next(i for i, g in enumerate(groups) if g.name == restore.name)
-        newer = [g.name for g in groups[index + 1 :] if g.enabled]
-        provider = self.get_provider()
-        operations: list[Operation] = []
-        capacity = restore.capacity
-        if capacity.desired < newest.capacity.desired:
-            capacity = newest.capacity
-            self.log.info(
-                "resizing %s from %s to %s, the size of %s, to take over its traffic",
-                restore.name,
-                _capacity_words(restore.capacity),
-                _capacity_words(capacity),
-                newest.name,
-            )
-            with self.cloud_call(f"resize {restore.name} for the rollback"):
-                resize = provider.resize_server_group(
-                    restore.name, capacity, self.key(context, "rollback-resize"), region=restore.region
-                )
-            operations.append(resize)
-        with self.cloud_call(f"enable {restore.name} for the rollback"):
-            enable = provider.enable_server_group(
-                restore.name, self.key(context, "rollback-enable"), region=restore.region
-            )
-        operations.append(enable)
-        self.log.info("enabled %s (rolling back from %s)", restore.name, newest.name)
-        result = self.outputs(restore, capacity=capacity.to_dict(), previous=newest.name, disabled=newer)
+        try:
+            plan = plan_rollback(restore, groups, self.target)
+        except InvalidRequest as error:
+            raise CloudStageFailed(error.message) from error
+        operations = start_rollback(
+            self.get_provider(),
+            plan,
+            lambda purpose: self.key(context, purpose),
+            call=self.cloud_call,
+            log=self.log.info,
+        )
+        result = self.outputs(
+            restore, capacity=plan.capacity.to_dict(), previous=plan.newest.name, disabled=list(plan.newer)
+        )
         self.wait_healthy(
             context,
             restore,
-            desired=capacity.desired,
+            desired=plan.capacity.desired,
             percent=self.target_healthy_percentage,
             operations=operations,
             method_name="rollback_healthy",
@@ -693,14 +824,15 @@ class RollbackOperator(ClusterStageOperator):
             )
         provider = self.get_provider()
         region = str(result.get("region") or self.region or provider.region)
-        operations: list[Operation] = []
-        for name in newer:
-            with self.cloud_call(f"disable {name} after rolling back to {restore}"):
-                op = provider.disable_server_group(name, self.key(context, f"rollback-disable-{name}"), region=region)
-            operations.append(op)
-            self.log.info("disabled %s (traffic now on %s)", name, restore)
-        if not newer:
-            self.log.info("no newer server group was enabled: traffic is on %s", restore)
+        operations = finish_rollback(
+            provider,
+            restore,
+            newer,
+            region,
+            lambda purpose: self.key(context, purpose),
+            call=self.cloud_call,
+            log=self.log.info,
+        )
         self.wait_operations(context, operations, region, method_name="rolled_back", kwargs={"result": result})
         return self.rolled_back(context, None, result)
 
@@ -789,8 +921,14 @@ __all__ = [
     "ImageNotFound",
     "ResizeServerGroupOperator",
     "RollbackOperator",
+    "RollbackPlan",
     "ServerGroupNotFound",
     "ServerGroupUnhealthy",
     "TrafficGuardBlocked",
+    "finish_rollback",
+    "live_groups",
     "new_capacity",
+    "pick_target",
+    "plan_rollback",
+    "start_rollback",
 ]

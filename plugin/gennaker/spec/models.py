@@ -329,11 +329,31 @@ class PromoteStage(CloudStage):
     type: Literal["promote"]
     cluster: ClusterRef | None = Field(default=None, description="default: the upstream deploy's")
     server_group: str | None = Field(default=None, description="default: the upstream deploy's output")
-    max_remaining: int | None = Field(default=None, ge=1)
-    delay_before_disable: Duration = timedelta(0)
-    scale_down_old: bool = False
-    delay_before_scale_down: Duration = timedelta(0)
+    max_remaining: int | None = Field(default=None, ge=1, description="default: the promoted deploy's strategy's")
+    delay_before_disable: Duration = Field(default=timedelta(0), description="default: the deploy strategy's")
+    scale_down_old: bool = Field(default=False, description="default: the deploy strategy's")
+    delay_before_scale_down: Duration = Field(default=timedelta(0), description="default: the deploy strategy's")
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
+
+
+class LoadBalancerListener(SpecModel):
+    """One port a load balancer listens on (local: 127.0.0.1:<port>)."""
+
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["HTTP", "HTTPS", "TCP"] = "HTTP"
+    target_port: int | None = Field(default=None, ge=1, le=65535, description="default: the instances' port")
+
+
+class UpsertLoadBalancerStage(CloudStage):
+    """Create a load balancer for a cluster, or update its listeners (Spinnaker's upsertLoadBalancers)."""
+
+    type: Literal["upsertLoadBalancer"]
+    name: str | None = Field(
+        default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$", max_length=32, description="default: the cluster's name"
+    )
+    cluster: ClusterRef = Field(default_factory=ClusterRef, description="the cluster whose enabled groups it serves")
+    listeners: list[LoadBalancerListener] = Field(min_length=1)
+    health_check_path: str = Field(default="/health", description="what the load balancer checks on instances")
 
 
 class RollbackStage(CloudStage):
@@ -580,6 +600,7 @@ Stage = Annotated[
     | DeployStage
     | CanaryStage
     | PromoteStage
+    | UpsertLoadBalancerStage
     | RollbackStage
     | EnableServerGroupStage
     | DisableServerGroupStage
@@ -600,6 +621,7 @@ STAGE_TYPES: tuple[str, ...] = (
     "deploy",
     "canary",
     "promote",
+    "upsertLoadBalancer",
     "rollback",
     "enableServerGroup",
     "disableServerGroup",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gennaker.spec.errors import Loc, SpecError
 from gennaker.spec.models import (
     CanaryStage,
@@ -13,6 +15,19 @@ from gennaker.spec.models import (
 )
 from gennaker.spec.validation import did_you_mean
 from gennaker.spec.yamlsource import SourceMap
+
+
+def nearest(parents: dict[str, list[str]], stage_id: str, wanted: Callable[[str], bool]) -> list[str]:
+    """The closest stages before ``stage_id`` (fewest dependsOn hops) for which ``wanted`` holds, in id order."""
+    seen: set[str] = set()
+    level = list(parents.get(stage_id, []))
+    while level:
+        found = sorted({s for s in level if wanted(s)})
+        if found:
+            return found
+        seen.update(level)
+        level = [p for s in level for p in parents.get(s, []) if p not in seen]
+    return []
 
 
 def ancestors(parents: dict[str, list[str]], stage_id: str) -> set[str]:
@@ -129,6 +144,16 @@ def _check_image_source(
             return [
                 SpecError(
                     "a deploy stage needs an image: a bake or findImage stage before it, or 'image'",
+                    positions.find(("stages", i, "type")),
+                    ("stages", i),
+                )
+            ]
+        closest = nearest(pipeline.parents(), stage.id, lambda s: pipeline.stage(s).type in ("bake", "findImage"))
+        if len(closest) > 1:
+            return [
+                SpecError(
+                    f"several bake/findImage stages are equally close before this deploy ({', '.join(closest)}): "
+                    f"say which one with image: {{stage: {closest[0]}}}",
                     positions.find(("stages", i, "type")),
                     ("stages", i),
                 )
