@@ -4,15 +4,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$ROOT/.airflow}"
+if [ "${1:-}" = "stop" ]; then
+    # Stop the local provider's supervisors (and so the instances) and load balancers of the demo.
+    exec .venv/bin/gennaker local-stop --home "${GENNAKER_HOME:-$AIRFLOW_HOME/gennaker}"
+fi
 scripts/setup.sh
 
-export AIRFLOW_HOME="${AIRFLOW_HOME:-$ROOT/.airflow}"
 # standalone starts its components as `airflow ...` from PATH
 export PATH="$ROOT/.venv/bin:$PATH"
 PORT="${GENNAKER_DEMO_PORT:-8080}"
 mkdir -p "$AIRFLOW_HOME"
 # shellcheck source=scripts/airflow-env.sh
 source scripts/airflow-env.sh "$ROOT" "$PORT"
+
+# The local provider's home: images, server groups, load balancers, and the demo's artifacts.
+export GENNAKER_HOME="${GENNAKER_HOME:-$AIRFLOW_HOME/gennaker}"
+export GENNAKER_ARTIFACTS="${GENNAKER_ARTIFACTS:-$GENNAKER_HOME/artifacts}"
+echo "==> building the demo service's releases into $GENNAKER_ARTIFACTS"
+for version in 1.0.0 1.1.0 2.0.0; do
+    if [ ! -f "$GENNAKER_ARTIFACTS/hello_service-$version-py3-none-any.whl" ]; then
+        scripts/build-hello.sh "$version" --out "$GENNAKER_ARTIFACTS" >/dev/null 2>"$AIRFLOW_HOME/build-hello.log" ||
+            { cat "$AIRFLOW_HOME/build-hello.log" >&2; exit 1; }
+    fi
+done
 
 echo "==> preparing Airflow's database in $AIRFLOW_HOME"
 .venv/bin/airflow db migrate >/dev/null
@@ -25,6 +40,12 @@ cat <<MSG
   Login:        admin / admin      (read-only user: viewer / viewer)
   Pipelines:    $ROOT/dags/pipelines   (new or changed specs appear within seconds)
   Validate:     .venv/bin/gennaker validate dags/pipelines
+
+  The demo application answers at http://127.0.0.1:8088 once the pipeline
+  hello.deploy-prod has run: trigger it with a version (1.0.0, 1.1.0, 2.0.0), then
+  again with another one, and watch  curl -s http://127.0.0.1:8088/version
+  (the README walks through it). Its processes keep running after Ctrl-C, as a
+  cloud's would: stop them with  scripts/demo.sh stop
 
   Stop with Ctrl-C.
 

@@ -1,4 +1,4 @@
-"""The ``gennaker`` command: validate, schema, render, graph."""
+"""The ``gennaker`` command: validate, schema, reference, render, graph, local-stop."""
 
 from __future__ import annotations
 
@@ -114,6 +114,17 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_local_stop(args: argparse.Namespace) -> int:
+    from gennaker.cloud.local import stop_everything
+
+    home = Path(args.home).expanduser() if args.home else None
+    stopped = stop_everything(home)
+    for line in stopped:
+        print(line)
+    print(f"stopped {len(stopped)} supervisor(s) and load balancer(s)")
+    return 0
+
+
 def _cmd_reference(args: argparse.Namespace) -> int:
     from gennaker.spec.reference import render_reference
 
@@ -147,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--full", action="store_true", help="include fields left at their defaults")
     r.set_defaults(func=_cmd_render)
 
+    k = sub.add_parser(
+        "local-stop", help="stop the local provider's processes (instances, load balancers); state is kept"
+    )
+    k.add_argument("--home", help="the gennaker home (default: $GENNAKER_HOME, else $AIRFLOW_HOME/gennaker)")
+    k.set_defaults(func=_cmd_local_stop)
     g = sub.add_parser("graph", help="print the stage graph as text")
     g.add_argument("spec")
     g.add_argument("--root", help="the pipelines folder (for defaults.yaml)")

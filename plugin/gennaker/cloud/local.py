@@ -679,6 +679,32 @@ class LocalProvider(CloudProvider):
             )
 
 
+def stop_everything(home: Path | None = None) -> list[str]:
+    """Stop every supervisor (and so its instances) and load-balancer proxy of a home; what was stopped.
+
+    The state is kept: the next call that needs a server group or load balancer starts its
+    processes again (reconcile on use), as after a machine restart.
+    """
+    from gennaker.cloud.state import gennaker_home
+
+    home = home or gennaker_home()
+    stopped: list[str] = []
+    for alive in sorted((home / "local" / "run").glob("*/*/*.alive")):
+        account, region, group = alive.parent.parent.name, alive.parent.name, alive.name.removesuffix(".alive")
+        if local_supervisor.stop(home, account, region, group, timeout=15):
+            stopped.append(f"server group {group} ({account}/{region})")
+    state = home / "local" / "state.db"
+    if state.exists():
+        store = StateStore(state)
+        try:
+            for lb in store.list_load_balancers():
+                if local_proxy.stop(store, home, lb.account, lb.region, lb.name, timeout=10):
+                    stopped.append(f"load balancer {lb.name} ({lb.account}/{lb.region})")
+        finally:
+            store.close()
+    return stopped
+
+
 def _port_free(port: int) -> bool:
     """Nothing listens on 127.0.0.1:``port`` (bound as the proxy binds it, so TIME_WAIT does not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

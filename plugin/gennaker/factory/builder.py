@@ -165,6 +165,9 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
             common["task_display_name"] = stage.name
         if stage.timeout is not None:
             common["execution_timeout"] = stage.timeout
+        if stage.retries:
+            common["retries"] = stage.retries
+            common["retry_delay"] = stage.retry_delay
         if parents[stage.id]:
             common["trigger_rule"] = "none_failed"
         if stage.type in BUILDERS:

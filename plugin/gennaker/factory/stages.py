@@ -303,7 +303,7 @@ def _upsert_load_balancer(b: StageBuild) -> Any:
     return UpsertLoadBalancerOperator(
         application=where["application"],
         cluster=cluster,
-        name=s.name,
+        name=s.load_balancer,
         listeners=[x.model_dump() for x in s.listeners],
         health_check_path=s.health_check_path,
         **_account(s),

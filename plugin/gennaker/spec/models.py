@@ -138,6 +138,14 @@ class StageBase(SpecModel):
         "failAfterBranches: stop this branch, fail once the others end; ignore: carry on",
     )
     timeout: Duration | None = None
+    retries: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Airflow retries of the stage's task (a lost worker, an unreachable cloud); cloud stages "
+        "carry on where the failed try stopped",
+    )
+    retry_delay: Duration = Field(default=timedelta(seconds=10), description="wait before a retry")
     execution_window: ExecutionWindow | None = None
     notifications: list[Notification] = Field(default_factory=list)
 
@@ -348,8 +356,11 @@ class UpsertLoadBalancerStage(CloudStage):
     """Create a load balancer for a cluster, or update its listeners (Spinnaker's upsertLoadBalancers)."""
 
     type: Literal["upsertLoadBalancer"]
-    name: str | None = Field(
-        default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$", max_length=32, description="default: the cluster's name"
+    load_balancer: str | None = Field(
+        default=None,
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$",
+        max_length=32,
+        description="the load balancer's name; default: the cluster's name",
     )
     cluster: ClusterRef = Field(default_factory=ClusterRef, description="the cluster whose enabled groups it serves")
     listeners: list[LoadBalancerListener] = Field(min_length=1)
