@@ -68,7 +68,8 @@ def test_broken_spec_is_an_import_error_of_its_own_file(alive: Airflow) -> None:
     )
     assert cli.returncode == 1
     assert expected in cli.stderr
-    assert "14 valid, 1 invalid" in cli.stderr
+    specs = [f for f in alive.pipelines.glob("*.yaml") if f.name not in ("defaults.yaml", "broken.yaml")]
+    assert f"{len(specs)} valid, 1 invalid" in cli.stderr
     headlines = [line for line in expected.splitlines() if line.startswith("dags/pipelines/broken.yaml:")]
     assert headlines == [
         "dags/pipelines/broken.yaml:6:16 stages[0].onFailure: 'explode' is not allowed; "

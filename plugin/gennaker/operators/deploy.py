@@ -139,9 +139,7 @@ class DeliveryOperator(CloudStageOperator):
         """Where every deferral of these stages comes back."""
         result = self.pending(context, result)
         waiting = result.pop("waiting", None)
-        if event is not None:
-            self.on_event(context, result, waiting, dict(event))
-        return self.drive(context, result)
+        return self.drive(context, result, (waiting, dict(event)) if event is not None else None)
 
     def on_event(self, context: Any, result: dict[str, Any], waiting: str | None, event: dict[str, Any]) -> None:
         status = event.get("status")
@@ -155,9 +153,16 @@ class DeliveryOperator(CloudStageOperator):
             self.check_event(event, "a cloud operation did not finish")
         # "delay": a DateTimeTrigger's event carries nothing to check
 
-    def drive(self, context: Any, result: dict[str, Any]) -> Any:
-        """Run phases until the stage is done or defers; on failure undo what needs undoing and free the lock."""
+    def drive(
+        self, context: Any, result: dict[str, Any], event: tuple[str | None, dict[str, Any]] | None = None
+    ) -> Any:
+        """Run phases until the stage is done or defers; on failure undo what needs undoing and free the lock.
+
+        ``event``: what the wait that deferred was for, and the trigger's event (checked first).
+        """
         try:
+            if event is not None:
+                self.on_event(context, result, *event)
             while result["phase"] != DONE:
                 phase = result["phase"]
                 handler = getattr(self, f"phase_{phase}", None)
