@@ -36,7 +36,7 @@ ARTIFACTS_ENV = "GENNAKER_ARTIFACTS"
 
 # name-version[-...].whl / .tar.gz / .tgz / .tar / .jar / .zip
 _VERSIONED = re.compile(
-    r"^(?P<name>[A-Za-z0-9_.]+?)-(?P<version>\d[A-Za-z0-9_.+!]*?)(?:-[^-]+-[^-]+-[^-]+)?"
+    r"^(?P<name>[A-Za-z0-9_.-]+?)-(?P<version>\d[A-Za-z0-9_.+!]*?)(?:-[^-]+-[^-]+-[^-]+)?"
     r"\.(?:whl|tar\.gz|tgz|tar|jar|zip)$"
 )
 
