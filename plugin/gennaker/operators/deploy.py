@@ -139,6 +139,8 @@ class DeliveryOperator(CloudStageOperator):
         """Where every deferral of these stages comes back."""
         result = self.pending(context, result)
         waiting = result.pop("waiting", None)
+        if event is not None and not isinstance(event, Mapping):
+            event = {"status": "fired"}  # a DateTimeTrigger's event (a "delay") is the moment it fired
         return self.drive(context, result, (waiting, dict(event)) if event is not None else None)
 
     def on_event(self, context: Any, result: dict[str, Any], waiting: str | None, event: dict[str, Any]) -> None:
@@ -249,6 +251,11 @@ class DeliveryOperator(CloudStageOperator):
         locks = ClusterLocks()
         note = f"{self.gennaker_stage_type or 'stage'} stage"
         holder = locks.acquire(resource, owner, note=note, lease=self.lease())
+        if holder is not None and self.finished_in_this_run(context, holder.owner):
+            # A stage of this very run that ended without releasing (its process was killed): it is not coming back.
+            self.log.warning("taking over the lock of %s from %s, which has ended", result["cluster"], holder.owner)
+            locks.release(resource, holder.owner)
+            holder = locks.acquire(resource, owner, note=note, lease=self.lease())
         if holder is None:
             result["lockOwner"] = owner
             self.log.info("holding the lock of cluster %s", result["cluster"])
@@ -275,6 +282,17 @@ class DeliveryOperator(CloudStageOperator):
             method_name="resume",
             kwargs={"result": result},
         )
+
+    def finished_in_this_run(self, context: Any, owner: str) -> bool:
+        """Whether a lock owner is a task of this DAG run that has ended (and will not retry)."""
+        ti = context["ti"]
+        prefix = f"{ti.dag_id}/{ti.run_id}/"
+        if not owner.startswith(prefix):
+            return False
+        task_id = owner[len(prefix) :].split("/", 1)[0]
+        found = ti.get_task_states(dag_id=ti.dag_id, task_ids=[task_id], run_ids=[ti.run_id])
+        state = (found.get(ti.run_id, {}) if isinstance(found, dict) else {}).get(task_id)
+        return state in ("success", "failed", "upstream_failed", "skipped", "removed")
 
     def release(self, context: Any, result: Mapping[str, Any]) -> None:
         owner = result.get("lockOwner")
