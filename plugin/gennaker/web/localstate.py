@@ -1,0 +1,133 @@
+"""Bulk reads of the local provider's state for the Clusters API.
+
+:meth:`StateStore.list_server_groups` reads a group's instances with one query per
+group: fine for a stage, slow for a page of 1,000 groups. Here the whole account is read
+in two queries inside one snapshot (a consistent view that never waits for writers), and
+the rows become the same :class:`ServerGroup` models. The cluster history reads the
+``events`` audit log by account and server-group kinds.
+
+These queries know the tables of ``gennaker.cloud.state`` (schema version
+:data:`KNOWN_SCHEMA`); on a store of another version they fall back to the store's own
+methods (slower, same result), and ``tests/web`` checks both give the same answer. No
+read here starts a process: unlike :meth:`LocalProvider.instances`, nothing reconciles
+supervisors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from gennaker.cloud.model import Instance, ServerGroup
+from gennaker.cloud.naming import parse_server_group_name
+from gennaker.cloud.state import SCHEMA_VERSION, StateStore
+
+KNOWN_SCHEMA = 1
+"""The ``gennaker.cloud.state`` schema these queries were written for."""
+
+HISTORY_KINDS = (
+    "serverGroup.created",
+    "serverGroup.resized",
+    "serverGroup.enabled",
+    "serverGroup.disabled",
+    "serverGroup.destroying",
+    "serverGroup.destroyed",
+    "instance.terminated",
+)
+"""Events that change a server group. The supervisor's own events (restarts, and the process stops that follow
+a terminate, which carry no idempotency key) are left out."""
+
+
+def read_server_groups(store: StateStore, account: str) -> list[ServerGroup]:
+    """Every server group of ``account`` (all regions) with its instances, oldest first."""
+    if SCHEMA_VERSION != KNOWN_SCHEMA:
+        return store.list_server_groups(account=account)
+    with store.snapshot() as db:
+        groups = db.execute(
+            "SELECT body FROM server_groups WHERE account = ? ORDER BY created, rowid", (account,)
+        ).fetchall()
+        rows = db.execute(
+            "SELECT region, server_group, body FROM instances WHERE account = ? ORDER BY rowid", (account,)
+        ).fetchall()
+    instances: dict[tuple[str, str], list[Instance]] = {}
+    for region, group, body in rows:
+        instances.setdefault((region, group), []).append(Instance.model_validate_json(body))
+    result = []
+    for (body,) in groups:
+        data = json.loads(body)
+        data["instances"] = instances.get((data["region"], data["name"]), [])
+        result.append(ServerGroup.model_validate(data))
+    return result
+
+
+@dataclass(frozen=True)
+class ClusterEvent:
+    """One line of the audit log about a server group of a cluster."""
+
+    id: int
+    at: datetime
+    kind: str
+    server_group: str
+    instance_id: str | None
+    message: str
+    key: str | None
+
+
+def read_cluster_events(
+    store: StateStore, account: str, cluster: str, *, before: int | None = None, limit: int = 200
+) -> list[ClusterEvent]:
+    """The cluster's server-group events in ``account``, newest first, ids below ``before``."""
+    found: list[ClusterEvent] = []
+    for row in _event_rows(store, account, before):
+        event = _cluster_event(row, cluster)
+        if event is not None:
+            found.append(event)
+            if len(found) >= limit:
+                break
+    return found
+
+
+def _event_rows(store: StateStore, account: str, before: int | None) -> Sequence[Sequence[Any]]:
+    if SCHEMA_VERSION != KNOWN_SCHEMA:
+        rows = [
+            (e.id, e.at.isoformat(), e.kind, e.subject, e.key, e.message, json.dumps(e.data))
+            for e in store.events(limit=1_000_000)
+            if e.account == account and e.kind in HISTORY_KINDS and (before is None or e.id < before)
+        ]
+        return rows[::-1]
+    marks = ", ".join("?" for _ in HISTORY_KINDS)
+    with store.snapshot() as db:
+        return db.execute(
+            f"SELECT id, at, kind, subject, key, message, data FROM events "
+            f"WHERE account = ? AND kind IN ({marks}) AND id < ? ORDER BY id DESC",
+            (account, *HISTORY_KINDS, before if before is not None else 2**62),
+        ).fetchall()
+
+
+def _cluster_event(row: Sequence[Any], cluster: str) -> ClusterEvent | None:
+    event_id, at, kind, subject, key, message, data = row
+    instance_id = None
+    group = subject
+    if kind == "instance.terminated":
+        if not key:
+            return None  # the supervisor stopping the process; the request's own event carries the key
+        instance_id = subject
+        group = str(json.loads(data or "{}").get("server_group") or "")
+    try:
+        names = parse_server_group_name(group)
+    except ValueError:
+        return None
+    if names.cluster != cluster or names.sequence is None:
+        return None
+    return ClusterEvent(int(event_id), _when(at), kind, group, instance_id, str(message), key)
+
+
+def _when(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+__all__ = ["HISTORY_KINDS", "KNOWN_SCHEMA", "ClusterEvent", "read_cluster_events", "read_server_groups"]
