@@ -236,7 +236,7 @@ def test_killing_the_worker_mid_deploy_retries_into_one_new_group(
         # externally", a state mismatch) and fails that try, which is how a lost worker looks to it.
         state = wait_until(
             f"run {run_id} to finish",
-            lambda: (s if (s := alive.run(dag_id, run_id)["state"]) in FINISHED_RUN else None),
+            lambda: s if (s := alive.run(dag_id, run_id)["state"]) in FINISHED_RUN else None,
             RUN_TIMEOUT,
         )
         time.sleep(1.0)
@@ -278,3 +278,35 @@ def test_two_pipelines_deploying_one_cluster_serialize(alive: Airflow, cloud: Cl
     holder_end = _at((a if holder == first else b).end)
     assert made[waiter].created.timestamp() >= holder_end - 1.0, "the second deploy started before the first ended"
     assert [g.name for g in groups if g.enabled] == [made[waiter].name]
+
+
+def test_rollback_on_failure_gives_the_traffic_back_when_a_later_stage_fails(
+    alive: Airflow, cloud: Cloud, images: dict[str, str]
+) -> None:
+    dag_id = "hello.deploy-rollback"
+    _, port, v0 = _seed(cloud, images["v1"], "rk")
+    run_id, state, samples = _deploy(alive, dag_id, port, {"image": images["v2"], "healthy": False})
+    assert state == "failed"
+    _no_failures(samples)
+    tis = alive.task_instances(dag_id, run_id)
+    assert {t: ti.state for t, ti in tis.items()} == {
+        "deploy": "success",
+        "smoke": "failed",
+        "deploy.rollback_on_failure": "success",
+    }
+    v1 = alive.xcom(dag_id, run_id, "deploy")["serverGroup"]
+    versions = [s.version for s in samples]
+    assert versions[0] == "1.0.0" and "2.0.0" in versions and versions[-1] == "1.0.0"  # 1 -> 2 -> 1
+    assert {s.version for s in samples if s.sent > _at(tis["deploy.rollback_on_failure"].end)} == {"1.0.0"}
+    groups = {g.name: g for g in _groups(alive.gennaker_home, "hello-rk")}
+    assert groups[v0].enabled and not groups[v1].enabled
+    out = alive.xcom(dag_id, run_id, "deploy.rollback_on_failure")
+    assert out["rolledBack"] is True and out["failedStages"] == ["smoke"]
+    log = "\n".join(alive.task_log(dag_id, run_id, "deploy.rollback_on_failure"))
+    assert f"stage(s) smoke failed: rolling hello-rk back from {v1} to {v0}" in log
+    assert f"disabled {v1} (traffic now on {v0})" in log
+
+    # A run that does not fail leaves the new group serving: the teardown does nothing.
+    run_id, state, _ = _deploy(alive, dag_id, port, {"image": images["v2"]})
+    assert state == "success", _explain(alive, dag_id, run_id)
+    assert alive.xcom(dag_id, run_id, "deploy.rollback_on_failure")["rolledBack"] is False
