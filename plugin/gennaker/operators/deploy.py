@@ -619,6 +619,9 @@ class DeployOperator(DeliveryOperator):
         )
         group = self.group(name, region)
         self.goto(result, "healthy")
+        # Kept at once (not only when a wait defers): a rollback.onFailure teardown finds the new group even if
+        # this stage fails later without having deferred.
+        self._keep(context, {"result": result})
         self.wait_health(context, result, group, [op])
 
     def phase_healthy(self, context: Any, result: dict[str, Any]) -> None:
