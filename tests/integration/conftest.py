@@ -310,8 +310,8 @@ def _airflow_env(home: Path, dags: Path, port: int, logs: Path, gennaker_home: P
     return env
 
 
-def _start(name: str, args: list[str], env: dict[str, str], cwd: Path) -> _Process:
-    log = ARTIFACTS / f"{name}.log"
+def _start(name: str, args: list[str], env: dict[str, str], cwd: Path, logs: Path | None = None) -> _Process:
+    log = (logs or ARTIFACTS) / f"{name}.log"  # logs: for tests/benchmarks/pipeline.py, which keeps its own
     with log.open("wb") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [AIRFLOW, *args],
