@@ -78,7 +78,7 @@ POLL_INTERVAL = 2.0
 # A wait that ends within this long is polled in the worker (every INLINE_POLL seconds) instead of deferred:
 # a deferral costs a round trip through the triggerer and the scheduler (several seconds on Airflow 3.3).
 INLINE_WAIT = 5.0
-INLINE_POLL = 0.2
+INLINE_POLL = 0.05
 
 
 def inline_wait_seconds() -> float:
