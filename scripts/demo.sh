@@ -27,6 +27,11 @@ for version in 1.0.0 1.1.0 2.0.0; do
         scripts/build-hello.sh "$version" --out "$GENNAKER_ARTIFACTS" >/dev/null 2>"$AIRFLOW_HOME/build-hello.log" ||
             { cat "$AIRFLOW_HOME/build-hello.log" >&2; exit 1; }
     fi
+    # The bad build of each version (hello.deploy-prod with slow: true): 80 ms slower, 20% errors.
+    if [ ! -f "$GENNAKER_ARTIFACTS/slow/hello_service-$version-py3-none-any.whl" ]; then
+        scripts/build-hello.sh "$version" --latency-ms 80 --error-rate 0.2 --out "$GENNAKER_ARTIFACTS/slow" \
+            >/dev/null 2>"$AIRFLOW_HOME/build-hello.log" || { cat "$AIRFLOW_HOME/build-hello.log" >&2; exit 1; }
+    fi
 done
 
 echo "==> preparing Airflow's database in $AIRFLOW_HOME"

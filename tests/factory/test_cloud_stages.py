@@ -81,7 +81,7 @@ def test_stage_defaults_fill_the_account(write: Write, build: Build) -> None:
 
 
 def test_the_stages_still_missing_are_refused(write: Write, build: Build) -> None:
-    assert set(NOT_YET) == {"canary", "webhook", "jenkins"}
+    assert set(NOT_YET) == {"webhook", "jenkins"}
     assert not set(NOT_YET) & set(BUILDERS)
     write(
         "hook.yaml",

@@ -53,7 +53,7 @@ def test_two_builds_serialise_identically() -> None:
     folder = REPO / "dags/pipelines"
     first = _serialised(folder, REPO)
     second = _serialised(folder, REPO)
-    assert sorted(first) == ["hello.nightly", "hello.release-checks", "hello.smoke"]
+    assert sorted(first) == ["hello.deploy-prod", "hello.nightly", "hello.release-checks", "hello.smoke"]
     assert first == second
 
 
@@ -73,7 +73,7 @@ def test_two_processes_serialise_identically() -> None:
     folder = REPO / "dags/pipelines"
     first = _in_subprocess(folder, REPO, "1")
     second = _in_subprocess(folder, REPO, "2")
-    assert sorted(first) == ["hello.nightly", "hello.release-checks", "hello.smoke"]
+    assert sorted(first) == ["hello.deploy-prod", "hello.nightly", "hello.release-checks", "hello.smoke"]
     assert first == second
     here = {dag_id: hashlib.sha256(text.encode()).hexdigest() for dag_id, text in _serialised(folder, REPO).items()}
     assert here == first

@@ -7,7 +7,14 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from gennaker.factory.stages import BUILDERS, StageBuild, build_operator, check_supported
+from gennaker.factory.stages import (
+    BUILDERS,
+    StageBuild,
+    build_operator,
+    canary_cleanup_task,
+    check_supported,
+    needs_canary_cleanup,
+)
 from gennaker.spec.errors import SpecError, SpecErrors
 from gennaker.spec.loader import LoadedSpec
 from gennaker.spec.models import CronTrigger, Parameter, Pipeline, PipelineTrigger
@@ -171,13 +178,14 @@ def build_dag(spec: LoadedSpec, *, listened: bool = False) -> Any:
         if parents[stage.id]:
             common["trigger_rule"] = "none_failed"
         if stage.type in BUILDERS:
-            tasks[stage.id] = build_operator(StageBuild(stage, common, pipeline=p))
+            tasks[stage.id] = build_operator(StageBuild(stage, common, pipeline=p, spec_path=spec.path))
     if errors:
         raise SpecErrors(errors)
     for stage in p.stages:
         for parent in parents[stage.id]:
             tasks[parent] >> tasks[stage.id]
     extra = [_auto_rollback(stage, p, tasks, dag) for stage in p.stages if _rolls_back(stage)]
+    extra += [canary_cleanup_task(stage, p, tasks, dag) for stage in p.stages if needs_canary_cleanup(stage)]
     if listened:
         leaves = [t for t in [*tasks.values(), *extra] if not t.downstream_list]
         publish = PublishPipelineStatusOperator(
