@@ -55,4 +55,9 @@ cat <<MSG
   Stop with Ctrl-C.
 
 MSG
-exec .venv/bin/airflow standalone
+# Steady traffic on the demo application (http://127.0.0.1:8088) while the demo runs: the canary judges what
+# the load balancer sees, and the load balancer's metrics show each server group's share.
+.venv/bin/python scripts/demo-traffic.py http://127.0.0.1:8088/ >"$AIRFLOW_HOME/demo-traffic.log" 2>&1 &
+traffic=$!
+trap 'kill "$traffic" 2>/dev/null || true' EXIT INT TERM
+.venv/bin/airflow standalone
