@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -33,8 +34,14 @@ from gennaker.canary.preprocess import (
 from gennaker.canary.scorer import ScoredMetric, ScoreThresholds, score_results
 from gennaker.canary.stats import cles, cohen_d, mean_ratio, percentile, summary_stats
 
-CASES_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "kayenta-cases"
-assert CASES_DIR.is_dir(), f"the Kayenta reference cases are missing: {CASES_DIR}"
+# The shared, read-only reference cases sit next to the repository (../shared/kayenta-cases);
+# GENNAKER_KAYENTA_CASES points elsewhere (a checkout that is not a sibling of shared/).
+CASES_DIR = Path(
+    os.environ.get("GENNAKER_KAYENTA_CASES") or Path(__file__).resolve().parents[2].parent / "shared" / "kayenta-cases"
+)
+assert CASES_DIR.is_dir(), (
+    f"the Kayenta reference cases are missing: {CASES_DIR} (set GENNAKER_KAYENTA_CASES to their folder)"
+)
 
 DEFAULT_TOL = 1e-9
 
