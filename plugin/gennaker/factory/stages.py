@@ -86,6 +86,12 @@ def _preconditions(b: StageBuild) -> Any:
     )
 
 
+# Airflow 3.3 fails a deferred task whose trigger fires within ~5 s of the deferral (the scheduler has not yet
+# read the executor's report of the deferring try: "state mismatch"). Airflow's own DagStateTrigger checks the
+# child at once and then every poll interval, so an interval of at least 6 s keeps a quick child out of the race.
+RUN_PIPELINE_MIN_POLL = 6
+
+
 def _run_pipeline(b: StageBuild) -> Any:
     from gennaker.operators.run_pipeline import RunPipelineOperator
 
@@ -96,7 +102,7 @@ def _run_pipeline(b: StageBuild) -> Any:
         conf=dict(s.parameters),
         wait_for_completion=s.wait_for_completion,
         deferrable=s.wait_for_completion,
-        poke_interval=max(1, int(s.poll_interval.total_seconds())),
+        poke_interval=max(RUN_PIPELINE_MIN_POLL, int(s.poll_interval.total_seconds())),
         allowed_states=["success"],
         failed_states=["failed"],
         **b.common,

@@ -683,7 +683,9 @@ class RunPipelineStage(StageBase):
     pipeline: str = Field(pattern=r"^[A-Za-z0-9_]+\.[A-Za-z0-9_.-]+$", description="<application>.<name>")
     parameters: dict[str, Any] = Field(default_factory=dict)
     wait_for_completion: bool = True
-    poll_interval: Duration = timedelta(seconds=10)
+    poll_interval: Duration = Field(
+        default=timedelta(seconds=10), description="how often the child's state is checked (at least 6s on Airflow 3.3)"
+    )
 
 
 class WebhookStage(StageBase):
