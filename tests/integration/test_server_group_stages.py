@@ -106,6 +106,7 @@ class Load:
     port: int
     threads: int = 2
     limit: float = LOAD_LIMIT
+    pause: float = 0.01  # between two requests of one thread
     samples: list[Sample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -132,7 +133,7 @@ class Load:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
                 with self._lock:
                     self.samples.append(Sample(sent, error, version, group))
-                time.sleep(0.01)
+                time.sleep(self.pause)
         finally:
             conn.close()
 
