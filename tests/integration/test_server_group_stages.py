@@ -426,7 +426,7 @@ def test_server_group_stages_move_traffic_without_a_failed_request(
     assert f"resized {new} to 2 instances" in logs["resize"]
     assert f"{new}: 2/2 instances healthy" in logs["enable"], logs["enable"][-3000:]
     assert f"disabled {old} (traffic now on {new})" in logs["disable"]
-    assert f"found hello-service 2.0.0 (image {images['v2']})" in logs["find"]
+    assert f"found hello-service {newest.version} (image {newest.id})" in logs["find"]
     assert f"{old}: 2/2 instances healthy" in logs["rollback"], logs["rollback"][-3000:]
     assert f"rolled back hello-it from {new} to {old}" in logs["rollback"]
 
