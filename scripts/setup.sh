@@ -21,6 +21,23 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing gennaker $SPEC (pinned by requirements-lock.txt)"
 $UV pip install --quiet --python .venv/bin/python -c requirements-lock.txt -e "$SPEC"
+
+# The Clusters page's browser tests drive Debian's Chromium with Playwright (Playwright's own browser
+# download does not work here): install it once for the test extra.
+if [ "$EXTRA" = "test" ] && [ ! -x "${GENNAKER_CHROMIUM:-/usr/bin/chromium}" ]; then
+  if [ "$(id -u)" = "0" ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else SUDO="none"; fi
+  if [ "$SUDO" != "none" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing chromium (Debian package) for the browser tests"
+    if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; }
+    then
+      echo "==> WARNING: could not install chromium: the browser tests will fail" >&2
+    fi
+  else
+    echo "==> WARNING: no chromium at ${GENNAKER_CHROMIUM:-/usr/bin/chromium}: the browser tests will fail" \
+         "(install Debian's chromium, or set GENNAKER_CHROMIUM)" >&2
+  fi
+fi
+
 # The build leaves plugin/gennaker.egg-info behind; on sys.path (editable install) it would make
 # Airflow see the plugin's entry point twice ("Plugin 'gennaker' already registered").
 rm -rf plugin/*.egg-info

@@ -61,6 +61,7 @@ from gennaker.operators.server_group import (
     inline_wait_seconds,
 )
 from gennaker.strategies import Older, Policy, plan_cleanup, rolling_weights
+from gennaker.web.links import ServerGroupLink
 
 if TYPE_CHECKING:
     from gennaker.cloud.model import LoadBalancer, Operation, ServerGroup
@@ -510,6 +511,7 @@ class DeployOperator(DeliveryOperator):
 
     gennaker_stage_type = "deploy"
     template_fields: Sequence[str] = ("account", "region", "image_name", "environment", "tags")
+    operator_extra_links = (ServerGroupLink(),)  # the server group on the Clusters page
     after_lock = "create"
 
     def __init__(
@@ -704,6 +706,7 @@ class PromoteOperator(DeliveryOperator):
 
     gennaker_stage_type = "promote"
     template_fields: Sequence[str] = ("account", "region", "server_group")
+    operator_extra_links = (ServerGroupLink(),)  # the server group on the Clusters page
     after_lock = "promote"
 
     def __init__(

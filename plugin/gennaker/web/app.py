@@ -28,6 +28,7 @@ the API server asks for its FastAPI apps.
 
 from __future__ import annotations
 
+import pathlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from typing import Annotated, Any
 from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from gennaker import __version__
 from gennaker.canary.report import canary_report_router
@@ -46,6 +48,8 @@ from gennaker.web.auth import CrossSiteGuard
 from gennaker.web.service import ClustersService, Forbidden, Settings, Unsupported
 
 URL_PREFIX = "/gennaker"
+STATIC_DIR = pathlib.Path(__file__).with_name("static")
+"""The Clusters page's built bundle and icons (``/gennaker/static/...``; built by scripts/build-ui.sh)."""
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": m.ErrorResponse, "description": "no token (Airflow answers {'detail': 'Not authenticated'})"},
@@ -357,6 +361,7 @@ def create_app(service: ClustersService | None = None) -> FastAPI:
         app.state.service = service
     app.include_router(router)
     app.include_router(canary_report_router())  # GET /canary/reports/...: the canary stage's report pages
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")  # the Clusters page
     app.add_exception_handler(CloudError, _cloud_error)
     app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(Unsupported, _unsupported)
@@ -376,4 +381,4 @@ def get_app() -> FastAPI:
         return _app
 
 
-__all__ = ["URL_PREFIX", "create_app", "get_app", "get_service"]
+__all__ = ["STATIC_DIR", "URL_PREFIX", "create_app", "get_app", "get_service"]
