@@ -208,6 +208,9 @@ def test_a_deploy_that_never_gets_healthy_rolls_back(alive: Airflow, cloud: Clou
     assert groups[v0].enabled and not groups[new].enabled
     log = "\n".join(alive.task_log(dag_id, run_id, "deploy"))
     assert "rolled back" in log and f"disabled {new}" in log and f"traffic stays on {v0}" in log
+    # The 8 s health wait outlasts the worker's 5 s of polling: it went on in the triggerer.
+    assert "waiting until healthy (in the triggerer, no worker slot held)" in log
+    assert "Pausing task as DEFERRED" in log
 
 
 def _task_pid(alive: Airflow, dag_id: str, run_id: str, task_id: str) -> int | None:

@@ -430,12 +430,16 @@ def test_server_group_stages_move_traffic_without_a_failed_request(
     assert f"{old}: 2/2 instances healthy" in logs["rollback"], logs["rollback"][-3000:]
     assert f"rolled back hello-it from {new} to {old}" in logs["rollback"]
 
-    # The waits were deferred to the triggerer (no worker slot held), and the tasks resumed from it.
-    # The triggerer writes a trigger's log next to the task's (ARTIFACTS/tasks/...; named by the trigger's
-    # id, which SQLite may reuse, so a task's later trigger can overwrite its earlier one's).
+    # A wait that ends within GENNAKER_INLINE_WAIT (5 s) is polled in the worker; a longer one is deferred to
+    # the triggerer (no worker slot held) and the task resumes from it. The local instances here are Up within
+    # a second or two, so most waits end in the worker; whichever way each went, the log says so, and a
+    # deferred one left the trigger's log next to the task's (ARTIFACTS/tasks/...; named by the trigger's id,
+    # which SQLite may reuse, so a task's later trigger can overwrite its earlier one's). test_deploy's
+    # never-healthy deploy always waits in the triggerer.
     for task in ("resize", "enable", "disable", "rollback"):
+        if "Pausing task as DEFERRED" not in logs[task]:
+            continue
         assert "(in the triggerer, no worker slot held)" in logs[task], logs[task][-3000:]
-        assert "Pausing task as DEFERRED" in logs[task], logs[task][-3000:]
         folder = ARTIFACTS / "tasks" / f"dag_id={PIPELINE}" / f"run_id={run_id}" / f"task_id={task}"
         triggered = "\n".join(f.read_text(errors="replace") for f in folder.glob("attempt=1.log.trigger.*"))
         assert "Trigger fired event" in triggered, f"no log of a trigger of {task} that fired, in {folder}"
