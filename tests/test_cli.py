@@ -32,6 +32,34 @@ def test_validate_one_file_that_names_other_pipelines(capsys: pytest.CaptureFixt
     assert "1 valid, 0 invalid" in capsys.readouterr().out
 
 
+def test_validate_a_file_validates_that_file_not_its_siblings(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gennaker.spec import yamlsource
+
+    folder = tmp_path / "pipelines"
+    (folder / "other").mkdir(parents=True)
+    (folder / "defaults.yaml").write_text("application: hello\n")
+    (folder / "good.yaml").write_text("name: good\nstages:\n  - {id: up, type: runPipeline, pipeline: hello.child}\n")
+    (folder / "child.yaml").write_text("name: child\nstages:\n  - {id: w, type: wait, duration: soon}\n")
+    (folder / "other" / "broken.yaml").write_text("name: [\n")
+    parsed: list[str] = []
+    real = yamlsource.register_source
+    monkeypatch.setattr(yamlsource, "register_source", lambda name, text: (parsed.append(name), real(name, text)))
+
+    assert main(["validate", "-v", str(folder / "good.yaml")]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == "1 valid, 0 invalid" and err == ""
+    # Only the file and its defaults.yaml were read as YAML; its sibling lent its name (hello.child) unparsed.
+    assert sorted(Path(name).name for name in parsed) == ["defaults.yaml", "good.yaml"]
+
+    parsed.clear()
+    assert main(["validate", str(folder)]) == 1  # the folder: every spec, the broken ones too
+    err = capsys.readouterr().err
+    assert "child.yaml:3:35 stages[0].duration:" in err and "other/broken.yaml:2:1 invalid YAML" in err
+    assert err.rstrip().endswith("1 valid, 2 invalid")
+
+
 def test_validate_the_invalid_folder(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", INVALID]) == 1
     out, err = capsys.readouterr()

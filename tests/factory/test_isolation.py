@@ -137,3 +137,92 @@ def test_parsing_context_of_a_broken_pipeline_builds_no_broken_dag(
 ) -> None:
     monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "hello.broken")
     assert sorted(dag.dag_id for dag in _load(bundle).values()) == ["hello.alpha", "hello.beta"]
+
+
+NO_ALIASES = "YAML aliases/anchors are not allowed in pipeline specs (use templates or defaults.yaml)"
+# A few hundred bytes that expand to a million strings, and an alias that refers to itself.
+LAUGHS = "name: laughs\nl0: &l0 lol\n" + "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 7)
+)
+SELF_ALIAS = "name: loop\nstages: &s\n  - *s\n"
+
+
+def test_alias_bombs_are_import_errors_at_their_line_and_the_good_pipelines_load(bundle: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    hello = bundle / "pipelines" / "hello"
+    (hello / "broken.yaml").unlink()
+    (hello / "laughs.yaml").write_text(LAUGHS, encoding="utf-8")
+    (hello / "loop.yaml").write_text(SELF_ALIAS, encoding="utf-8")
+    bag = DagBag(dag_folder=bundle, bundle_path=bundle)
+    assert sorted(bag.dag_ids) == ["hello.alpha", "hello.beta"]
+    assert sorted(bag.import_errors) == ["pipelines/hello/laughs.yaml", "pipelines/hello/loop.yaml"]
+    assert bag.import_errors["pipelines/hello/laughs.yaml"].splitlines()[0] == (
+        f"dags/pipelines/hello/laughs.yaml:2:5 {NO_ALIASES}"
+    )
+    assert bag.import_errors["pipelines/hello/loop.yaml"].splitlines()[0] == (
+        f"dags/pipelines/hello/loop.yaml:2:9 {NO_ALIASES}"
+    )
+
+
+@pytest.mark.parametrize("error", [RecursionError, MemoryError, RuntimeError])
+def test_an_unexpected_error_loading_one_spec_is_that_files_import_error(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from gennaker.spec import loader
+
+    real = loader.load_spec
+
+    def load_spec(path: Path, **kwargs: object) -> loader.LoadedSpec:
+        if Path(path).name == "beta.yaml":
+            raise error("simulated")
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loader, "load_spec", load_spec)
+    bag = DagBag(dag_folder=bundle, bundle_path=bundle)
+    assert "gennaker_pipelines.py" not in bag.import_errors  # the DAG file itself imported
+    assert sorted(bag.dag_ids) == ["hello.alpha"]
+    assert sorted(bag.import_errors) == ["pipelines/hello/beta.yaml", "pipelines/hello/broken.yaml"]
+    assert bag.import_errors["pipelines/hello/beta.yaml"].splitlines()[0] == (
+        f"dags/pipelines/hello/beta.yaml:1:1 gennaker could not load this spec ({error.__name__}: simulated); "
+        "if the spec looks fine, please report it"
+    )
+
+
+def test_an_unexpected_error_building_one_dag_is_that_files_import_error(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    import gennaker.factory as factory
+
+    real = factory.build_dag
+
+    def build_dag(spec: object, **kwargs: object) -> object:
+        if spec.pipeline.dag_id == "hello.alpha":  # type: ignore[attr-defined]
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(spec, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(factory, "build_dag", build_dag)
+    bag = DagBag(dag_folder=bundle, bundle_path=bundle)
+    assert sorted(bag.dag_ids) == ["hello.beta"]
+    assert sorted(bag.import_errors) == ["pipelines/hello/alpha.yaml", "pipelines/hello/broken.yaml"]
+    assert "RecursionError: maximum recursion depth exceeded" in bag.import_errors["pipelines/hello/alpha.yaml"]
+
+
+def test_an_unexpected_error_in_a_task_start_parse_falls_back_to_the_full_build(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gennaker.factory as factory
+
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "hello.beta")
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_TASK_ID", "pause")
+
+    def load_spec(path: Path, **kwargs: object) -> object:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(factory, "load_spec", load_spec)
+    built = _load(bundle)  # the one-spec path failed: the folder is built the DAG processor's way
+    assert sorted(dag.dag_id for dag in built.values()) == ["hello.alpha", "hello.beta"]  # type: ignore[attr-defined]

@@ -76,7 +76,7 @@ def test_timestamps_stay_the_strings_written() -> None:
 
 
 def test_merge_keys_are_rejected() -> None:
-    text = "base: &b {x: 1}\nother:\n  <<: *b\n  y: 2\n"
+    text = "base: {x: 1}\nother:\n  <<: {x: 1}\n  y: 2\n"
     with pytest.raises(SpecError) as info:
         parse_text(text, "m.yaml")
     assert info.value.headline() == (
@@ -84,9 +84,37 @@ def test_merge_keys_are_rejected() -> None:
     )
 
 
-def test_plain_anchors_and_aliases_are_fine() -> None:
-    doc = parse_text("a: &x [1, 2]\nb: *x\n", "a.yaml")
-    assert doc.data == {"a": [1, 2], "b": [1, 2]}
+NO_ALIASES = "YAML aliases/anchors are not allowed in pipeline specs (use templates or defaults.yaml)"
+
+# "Billion laughs": ~300 bytes; each level repeats the one above ten times, so it expands to 10**6 strings.
+LAUGHS = 'l0: &l0 "lol"\n' + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 7))
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("application: hello\nname: a\nstages: &s [*s]\n", (3, 9)),  # an alias that refers to itself
+        ("application: hello\nname: a\nx: &x [1, 2]\ny: *x\n", (3, 4)),  # an anchor, even a harmless one
+        ("application: hello\nname: a\n" + LAUGHS, (3, 5)),
+    ],
+    ids=["self-reference", "plain-anchor", "billion-laughs"],
+)
+def test_anchors_and_aliases_are_refused_at_their_line(text: str, where: tuple[int, int]) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_text(text, "a.yaml")
+    assert info.value.headline() == f"a.yaml:{where[0]}:{where[1]} {NO_ALIASES}"
+
+
+def test_asterisks_and_ampersands_in_strings_are_not_aliases() -> None:
+    text = 'cron: "0 * * * *"\nglob: "*.whl"\nq: a&b\nstageDefaults: {"*": {retries: 1}}\n'
+    assert parse_text(text, "s.yaml").data["stageDefaults"] == {"*": {"retries": 1}}
+
+
+def test_nesting_is_bounded_instead_of_exhausting_the_recursion_limit() -> None:
+    text = "application: hello\nstages: " + "[" * 900 + "]" * 900 + "\n"
+    with pytest.raises(SpecError) as info:
+        parse_text(text, "deep.yaml")
+    assert info.value.headline() == "deep.yaml:2:73 stages: nested more than 64 levels deep"
 
 
 def test_syntax_errors_have_a_position_and_a_snippet() -> None:

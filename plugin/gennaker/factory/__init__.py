@@ -96,15 +96,24 @@ def build_one(folder: Path, dag_id: str, base: Path | None = None, task_id: str 
     for path in find_spec_files(cache.root, dag_id):
         try:
             spec = load_spec(path, cache=cache)
-        except SpecErrors:
+        except Exception:  # SpecErrors or worse: the full build reports it as this file's error
             continue
         if spec.pipeline.dag_id != dag_id:
             continue
         try:
             result.dags[dag_id] = build_dag(spec, listened=task_id == PUBLISH_TASK_ID)
-        except SpecErrors:
+        except Exception:
             pass  # the caller falls back to the full build, which reports it like the DAG processor does
         break
+    return result
+
+
+def _build(root: Path, base: Path | None, wanted: str | None, task_id: str | None) -> FactoryResult:
+    """The one pipeline a task's parse wants, else every pipeline (broken specs reported as import errors)."""
+    result = build_one(root, wanted, base, task_id) if wanted else FactoryResult()
+    if not result.dags:  # the DAG processor, or a dag_id that is not ours: build everything
+        result = build_all(root, base)
+        report_import_errors(result.errors)
     return result
 
 
@@ -121,10 +130,13 @@ def load_dags(namespace: MutableMapping[str, Any], folder: str | Path | None = N
         log.warning("gennaker: pipelines folder %s does not exist; no pipelines loaded", root)
         return FactoryResult()
     context = get_parsing_context()
-    wanted = context.dag_id
-    result = build_one(root, wanted, base, context.task_id) if wanted else FactoryResult()
-    if not result.dags:  # the DAG processor, or a dag_id that is not ours: build everything
-        result = build_all(root, base)
+    try:
+        result = _build(root, base, context.dag_id, context.task_id)
+    except Exception:  # not one spec's problem (e.g. an unreadable folder): the DAG file must still import
+        log.exception("gennaker: loading the pipelines of %s failed", root)
+        result = FactoryResult(
+            errors={root: f"{root}: gennaker could not load this folder:\n{traceback.format_exc(limit=-5)}"}
+        )
         report_import_errors(result.errors)
     for dag_id, dag in result.dags.items():
         namespace[f"gennaker_dag__{dag_id}"] = dag

@@ -10,33 +10,11 @@ parse in the DAG processor is what reports errors.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gennaker.spec.loader import DEFAULTS_NAMES, discover
-
-_TOP = re.compile(r"^(application|name)\s*:\s*(.*?)\s*(?:#.*)?$", re.MULTILINE)
-
-
-def _scalar(raw: str) -> str | None:
-    raw = raw.strip()
-    if not raw or raw[0] in "[{|>&*!":
-        return None
-    if raw[0] in "'\"":
-        if len(raw) >= 2 and raw[-1] == raw[0]:
-            return raw[1:-1]
-        return None
-    return raw
-
-
-def _top_level(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, raw in _TOP.findall(text):
-        value = _scalar(raw)
-        if value is not None and key not in out:
-            out[key] = value
-    return out
+from gennaker.spec.loader import discover
+from gennaker.spec.names import app_from_defaults, dag_ids, top_level
 
 
 @dataclass(frozen=True)
@@ -47,19 +25,9 @@ class IndexEntry:
 
 def build_index(root: Path) -> dict[str, list[IndexEntry]]:
     """dag_id -> the spec files that (cheaply) appear to define it."""
-    memo: dict[Path, str | None] = {}
     index: dict[str, list[IndexEntry]] = {}
-    for path in discover(root):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        top = _top_level(text)
-        app = top.get("application") or _app_from_defaults(root, path.parent, memo)
-        name = top.get("name")
-        if app and name:
-            dag_id = f"{app}.{name}"
-            index.setdefault(dag_id, []).append(IndexEntry(path, dag_id))
+    for path, dag_id in dag_ids(root, discover(root)).items():
+        index.setdefault(dag_id, []).append(IndexEntry(path, dag_id))
     return index
 
 
@@ -78,25 +46,10 @@ def find_spec_files(root: Path, dag_id: str) -> list[Path]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-        top = _top_level(text)
+        top = top_level(text)
         if (
             top.get("name") == name
-            and (top.get("application") or _app_from_defaults(root, path.parent, {})) == application
+            and (top.get("application") or app_from_defaults(root, path.parent, {})) == application
         ):
             return [path]
     return [entry.path for entry in build_index(root).get(dag_id, [])]
-
-
-def _app_from_defaults(root: Path, folder: Path, memo: dict[Path, str | None]) -> str | None:
-    """The application the nearest defaults.yaml (up to ``root``) gives specs in ``folder``."""
-    if folder not in memo:
-        found: str | None = None
-        for name in DEFAULTS_NAMES:
-            f = folder / name
-            if f.is_file():
-                found = _top_level(f.read_text(encoding="utf-8", errors="replace")).get("application")
-                break
-        if found is None and folder != root and root in folder.parents:
-            found = _app_from_defaults(root, folder.parent, memo)
-        memo[folder] = found
-    return memo[folder]

@@ -7,6 +7,7 @@ file's problems are reported together. One broken file never stops the others:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -19,11 +20,13 @@ from gennaker.spec import cache as spec_cache
 from gennaker.spec import semantics
 from gennaker.spec.errors import Position, SpecError, SpecErrors
 from gennaker.spec.models import Pipeline, StageBase
+from gennaker.spec.names import DEFAULTS_NAMES, dag_ids
 from gennaker.spec.templates import expand, locate_template
 from gennaker.spec.validation import errors_from_validation
 from gennaker.spec.yamlsource import Document, SourceMap, load_file, parse_text
 
-DEFAULTS_NAMES = ("defaults.yaml", "defaults.yml")
+log = logging.getLogger(__name__)
+
 SPEC_SUFFIXES = (".yaml", ".yml")
 _DEFAULTS_ONLY = "stageDefaults"
 
@@ -379,7 +382,11 @@ def _uncached(path: Path, display: str, cache: FolderCache) -> LoadedSpec:
 
 
 def load_folder(root: Path, *, base: Path | None = None, files: Iterable[Path] | None = None) -> FolderResult:
-    """Load every spec below ``root``; cross-file checks (unknown pipelines, duplicate dag_ids) included."""
+    """Load every spec below ``root``; cross-file checks (unknown pipelines, duplicate dag_ids) included.
+
+    With ``files``, only those specs are loaded; the folder's other specs only lend their
+    names (read cheaply, see :mod:`gennaker.spec.names`) to the check of pipeline references.
+    """
     result = FolderResult()
     cache = FolderCache(root, base)
     paths = [Path(f).resolve() for f in files] if files is not None else discover(cache.root)
@@ -388,30 +395,52 @@ def load_folder(root: Path, *, base: Path | None = None, files: Iterable[Path] |
         name = cache.display(path)
         result.paths[name] = path
         try:
-            spec = load_spec(path, display=name, cache=cache)
+            _add_spec(result, load_spec(path, display=name, cache=cache), origins)
         except SpecErrors as exc:
             result.errors[name] = exc
-            continue
-        dag_id = spec.pipeline.dag_id
-        if dag_id in result.specs:
-            pos = spec.positions.find(("name",))
-            result.errors[name] = SpecErrors(
-                [SpecError(f"pipeline {dag_id!r} is already defined in {origins[dag_id]}", pos, ("name",))]
-            )
-            continue
-        origins[dag_id] = name
-        result.specs[dag_id] = spec
-    unloaded = [result.paths[name] for name in result.errors]  # broken specs still count as known pipelines
+        except Exception as exc:  # a bug of ours, or a spec too big for us: that file's error, not the folder's
+            result.errors[name] = unexpected_error(name, exc)
+    known = set(result.specs) | _names_of([result.paths[name] for name in result.errors], cache)
     if files is not None:  # some files of the folder: the folder's other pipelines exist too
-        unloaded += [p for p in discover(cache.root) if p not in paths]
-    known = set(result.specs) | _names_of(unloaded, cache)
-    for dag_id, spec in list(result.specs.items()):
-        if not semantics.references_ok(spec.pipeline, known):
-            result.errors[spec.display] = SpecErrors(semantics.check_references(spec.pipeline, spec.positions, known))
-            del result.specs[dag_id]
+        asked = set(paths)
+        known |= set(dag_ids(cache.root, [p for p in discover(cache.root) if p not in asked]).values())
+    _check_references(result, known)
     if cache.specs is not None:
         cache.specs.save(keep={str(p) for p in paths} if files is None else None)
     return result
+
+
+def _add_spec(result: FolderResult, spec: LoadedSpec, origins: dict[str, str]) -> None:
+    """Add a loaded spec, unless its dag_id is already taken (then it is that file's error)."""
+    dag_id = spec.pipeline.dag_id
+    if dag_id in result.specs:
+        pos = spec.positions.find(("name",))
+        result.errors[spec.display] = SpecErrors(
+            [SpecError(f"pipeline {dag_id!r} is already defined in {origins[dag_id]}", pos, ("name",))]
+        )
+        return
+    origins[dag_id] = spec.display
+    result.specs[dag_id] = spec
+
+
+def _check_references(result: FolderResult, known: set[str]) -> None:
+    """Move the specs that name an unknown pipeline from ``specs`` to ``errors``."""
+    for dag_id, spec in list(result.specs.items()):
+        if semantics.references_ok(spec.pipeline, known):
+            continue
+        try:
+            result.errors[spec.display] = SpecErrors(semantics.check_references(spec.pipeline, spec.positions, known))
+        except Exception as exc:  # reloading a cached spec's positions failed: still only this file's error
+            result.errors[spec.display] = unexpected_error(spec.display, exc)
+        del result.specs[dag_id]
+
+
+def unexpected_error(display: str, exc: BaseException) -> SpecErrors:
+    """An exception no check foresaw (RecursionError, MemoryError, a gennaker bug) as the error of one spec file."""
+    log.error("gennaker: loading %s failed unexpectedly", display, exc_info=exc)
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    message = f"gennaker could not load this spec ({what}); if the spec looks fine, please report it"
+    return SpecErrors([SpecError(message, Position(display, 1, 1))])
 
 
 def _names_of(paths: Iterable[Path], cache: FolderCache) -> set[str]:
@@ -420,8 +449,8 @@ def _names_of(paths: Iterable[Path], cache: FolderCache) -> set[str]:
     for path in paths:
         try:
             data = load_file(path, cache.display(path)).data
-        except SpecError:
-            continue  # not even YAML: its name is unknowable
+        except Exception:  # not even YAML (or worse): its name is unknowable
+            continue
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             continue
         app = data.get("application")

@@ -4,7 +4,10 @@ Safety is that of ``yaml.safe_load``: only the YAML core types (maps, lists,
 strings, numbers, booleans, null) are built, and any other tag (``!!python/...``,
 custom ``!tags``) is an error with its position. Timestamps stay the strings
 they were written as. Duplicate keys are errors too (plain PyYAML silently
-keeps the last one).
+keeps the last one). Anchors and aliases are refused: an alias that refers to
+itself, or a few hundred bytes of nested aliases ("billion laughs"), would
+otherwise expand without bound, and templates and defaults.yaml already share
+what a spec would reuse.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ _SCALARS = {
     _STR,
 }
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
+# Far deeper than any spec; deep enough nesting would otherwise exhaust Python's recursion limit.
+MAX_DEPTH = 64
+NO_ALIASES = "YAML aliases/anchors are not allowed in pipeline specs (use templates or defaults.yaml)"
 
 
 @dataclass
@@ -104,6 +110,8 @@ class _Builder:
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
         self.positions.values[loc] = _pos(self.file, node.start_mark)
+        if len(loc) > MAX_DEPTH:
+            raise SpecError(f"nested more than {MAX_DEPTH} levels deep", _pos(self.file, node.start_mark), loc[:1])
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, loc)
         if isinstance(node, yaml.SequenceNode):
@@ -161,10 +169,20 @@ class _Builder:
         )
 
 
+def _refuse_aliases(text: str, file: str) -> None:
+    """Raise at the first anchor (``&a``) or alias (``*a``), before anything is expanded."""
+    if "&" not in text and "*" not in text:
+        return  # no event can carry one: skip the scan (most specs)
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise SpecError(NO_ALIASES, _pos(file, event.start_mark))
+
+
 def parse_text(text: str, file: str) -> Document:
     """Parse YAML text (one document) into a :class:`Document`; errors carry positions."""
     register_source(file, text)
     try:
+        _refuse_aliases(text, file)
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
