@@ -96,6 +96,7 @@ application: bench
 name: deliver
 parameters:
   - {{name: artifact, default: "{artifact}"}}
+artifacts: {{allow: ["file://{artifact_dir}/"]}}
 concurrency: {{limit: 1}}
 stages:
   - id: load-balancer
@@ -190,7 +191,9 @@ def write_dags(dags: Path, port: int, artifact: Path) -> None:
     """The DAG folder: gennaker's DAG file with pipelines/bench.yaml, and the no-op DAG file."""
     (dags / "pipelines").mkdir(parents=True)
     shutil.copy(REPO / "dags" / "gennaker_pipelines.py", dags / "gennaker_pipelines.py")
-    (dags / "pipelines" / "bench.yaml").write_text(SPEC.format(port=port, artifact=artifact))
+    (dags / "pipelines" / "bench.yaml").write_text(
+        SPEC.format(port=port, artifact=artifact, artifact_dir=artifact.parent)
+    )
     (dags / "bench_noop.py").write_text(NOOP_DAG.format(stages=list(STAGES)))
 
 

@@ -74,6 +74,7 @@ from gennaker.cloud.naming import cluster_name, parse_server_group_name
 from gennaker.cloud.provider import CloudProvider, IdempotencyKey
 from gennaker.cloud.state import StateStore, gennaker_home
 
+from gennaker.redact import redact_url
 log = logging.getLogger(__name__)
 
 # Series the local metric source offers (per second, from the load balancers' proxies).
@@ -114,7 +115,9 @@ class LocalProvider(CloudProvider):
     # ----------------------------------------------------------------------- images
 
     def bake(self, request: BakeRequest, key: IdempotencyKey) -> Operation:
-        op = self._claim(key, OperationKind.BAKE, request.to_dict())
+        # The recorded request (state.db, the Clusters API) keeps the artifact URL without its credentials.
+        recorded = {**request.to_dict(), "artifact": request.artifact and redact_url(request.artifact)}
+        op = self._claim(key, OperationKind.BAKE, recorded)
         if op.done:
             return op
         try:

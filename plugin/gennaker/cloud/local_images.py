@@ -82,6 +82,7 @@ import posixpath
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -100,6 +101,8 @@ from typing import Any, Literal
 from gennaker.cloud.errors import CloudError, InvalidRequest, NotFound, ProviderUnavailable
 from gennaker.cloud.model import BakeRequest, Image, utcnow
 from gennaker.cloud.state import StateStore, gennaker_home
+from gennaker.redact import redact_text
+from gennaker.safehttp import open_url
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +403,8 @@ def _stage_artifact(reference: str | None, staging: Path) -> tuple[Path, str, st
         name = posixpath.basename(urllib.parse.unquote(parts.path)) or "artifact"
         target = staging / name
         try:
-            with urllib.request.urlopen(reference, timeout=60) as response, open(target, "wb") as out:
+            # The URL's userinfo goes to its own host only, never along a redirect to another one.
+            with open_url(reference, timeout=60) as response, open(target, "wb") as out:
                 shutil.copyfileobj(response, out, 1 << 20)
         except urllib.error.HTTPError as error:
             if error.code in (401, 403, 404, 410):
@@ -409,14 +413,15 @@ def _stage_artifact(reference: str | None, staging: Path) -> tuple[Path, str, st
                     hint="check the artifact URL (and that the build published it)",
                 ) from None
             raise ProviderUnavailable(f"artifact {source} could not be downloaded: HTTP {error.code}") from None
-        except (urllib.error.URLError, OSError) as error:
-            raise ProviderUnavailable(f"artifact {source} could not be downloaded: {error}") from None
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            detail = redact_text(str(getattr(error, "reason", error)))
+            raise ProviderUnavailable(f"artifact {source} could not be downloaded: {detail}") from None
         return target, source, expected
     if parts.scheme == "file":
         path = Path(urllib.parse.unquote(parts.path))
     elif parts.scheme and len(parts.scheme) > 1:
         raise InvalidRequest(
-            f"artifact {reference!r}: the local provider reads paths, file:// and http(s):// URLs only",
+            f"artifact {redact_text(reference)!r}: the local provider reads paths, file:// and http(s):// URLs only",
             hint="copy the artifact to a local path, or publish it over HTTP(S)",
         )
     else:
@@ -427,11 +432,32 @@ def _stage_artifact(reference: str | None, staging: Path) -> tuple[Path, str, st
             hint="check the bake stage's artifact path; the build may not have produced it (or it was cleaned up)",
         )
     target = staging / path.name
-    try:
-        shutil.copyfile(path, target)
-    except OSError as error:
-        raise CloudError(f"cannot read artifact {path}: {error}", hint="check the file's permissions") from error
+    _copy_no_symlink(path, target)
     return target, str(path), expected
+
+
+def _copy_no_symlink(path: Path, target: Path) -> None:
+    """Copy the file at ``path``, refusing a symlink there at the moment it is opened.
+
+    The bake stage checked that the (real) path stays where the pipeline allows; opening
+    with O_NOFOLLOW means a symlink swapped in since cannot lead the copy elsewhere.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if path.is_symlink():
+            raise InvalidRequest(
+                f"artifact {path} is a symlink", hint="give the artifact's real path (symlinks are not followed)"
+            ) from None
+        raise CloudError(f"cannot read artifact {path}: {error}", hint="check the file's permissions") from error
+    with os.fdopen(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            raise NotFound(f"artifact {path} is not a file", hint="check the bake stage's artifact path")
+        try:
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+        except OSError as error:
+            raise CloudError(f"cannot copy artifact {path}: {error}", hint="check the staging folder") from error
 
 
 def _sha256(path: Path) -> str:

@@ -218,6 +218,7 @@ def _bake(b: StageBuild) -> Any:
         rebake=s.rebake,
         start_command=s.start_command,
         tags=dict(s.tags),
+        artifact_allow=list(b.pipeline.artifacts.allow) if b.pipeline is not None else [],
         **_account(s),
         **b.common,
     )

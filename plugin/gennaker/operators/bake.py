@@ -8,6 +8,11 @@ and local builds put theirs. The version defaults to the one in the artifact's f
 name (``hello_service-1.2.0-py3-none-any.whl``, ``hello-1.2.0.tar.gz``,
 ``hello-1.2.0.jar``).
 
+The reference is untrusted (whoever may trigger a run chose it): a relative path must stay
+inside the artifact folder, and an absolute path, ``file://`` or ``http(s)://`` URL needs a
+rule of the pipeline's ``artifacts.allow`` (:mod:`gennaker.artifact_refs`). Credentials in a
+URL (userinfo, presigned query) go only to the fetch: logs and XCom show it redacted.
+
 Same inputs, same image: unless ``rebake: true`` the provider returns the image it baked
 before from the same artifact bytes, base and options, at once. Every region's bake is
 its own idempotent call (``bake-<region>``), so a retried task finds the images its
@@ -27,7 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from gennaker.artifact_refs import ArtifactRefused, check_reference
 from gennaker.operators.server_group import CloudStageFailed, CloudStageOperator
+from gennaker.redact import redact_url, url_secrets
 
 if TYPE_CHECKING:
     from gennaker.cloud.model import Operation
@@ -50,16 +57,13 @@ def artifacts_dir() -> Path:
     return gennaker_home() / "artifacts"
 
 
-def resolve_artifact(reference: str) -> str:
-    """An absolute path or a URL for the provider; relative paths are taken from :func:`artifacts_dir`."""
-    text = reference.strip()
-    scheme = urlparse(text).scheme
-    if scheme and len(scheme) > 1:  # a URL (a one-letter scheme would be a Windows drive)
-        return text
-    path = Path(text).expanduser()
-    if path.is_absolute():
-        return str(path)
-    return str(artifacts_dir() / path)
+def resolve_artifact(reference: str, allow: Sequence[str] = ()) -> str:
+    """A real path inside :func:`artifacts_dir` or an allowed path/URL for the provider.
+
+    Raises :class:`~gennaker.artifact_refs.ArtifactRefused` for a reference that leaves the
+    artifact folder or that no rule of ``allow`` (the pipeline's ``artifacts.allow``) covers.
+    """
+    return check_reference(reference, allow, artifacts_dir())
 
 
 def version_from_name(reference: str) -> str | None:
@@ -88,6 +92,7 @@ class BakeOperator(CloudStageOperator):
         rebake: bool = False,
         start_command: str | None = None,
         tags: Mapping[str, str] | None = None,
+        artifact_allow: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -101,6 +106,20 @@ class BakeOperator(CloudStageOperator):
         self.rebake = rebake
         self.start_command = start_command
         self.tags = dict(tags or {})
+        self.artifact_allow = list(artifact_allow)
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """Render, then register the artifact URL's secrets with Airflow's masker.
+
+        Airflow stores and shows the rendered fields (the task's Rendered Template tab)
+        and masks registered secrets there and in every log line, so a presigned URL or a
+        password from the trigger is masked before anything shows the rendered artifact.
+        """
+        super().render_template_fields(context, jinja_env)
+        from airflow.sdk.log import mask_secret
+
+        for secret in url_secrets(str(self.artifact or "")):
+            mask_secret(secret)
 
     def run_stage(self, context: Any) -> Any:
         from gennaker.cloud.model import BakeRequest
@@ -111,11 +130,15 @@ class BakeOperator(CloudStageOperator):
                 f"stage {self.stage_id!r}: no artifact to bake: give the stage an artifact (a path or URL), e.g. "
                 f"artifact: '{{{{ params.artifact }}}}' and a pipeline parameter 'artifact'"
             )
-        artifact = resolve_artifact(artifact_ref)
+        try:
+            artifact = resolve_artifact(artifact_ref, self.artifact_allow)
+        except ArtifactRefused as error:
+            raise CloudStageFailed(f"stage {self.stage_id!r}: {error}") from None
+        shown = redact_url(artifact)  # the real URL (credentials, signature) goes to the fetch only
         version = str(self.version or "").strip() or version_from_name(artifact)
         if not version:
             raise CloudStageFailed(
-                f"stage {self.stage_id!r}: cannot tell the version of {artifact_ref!r} from its name: "
+                f"stage {self.stage_id!r}: cannot tell the version of {redact_url(artifact_ref)!r} from its name: "
                 f"give the stage a version"
             )
         provider = self.get_provider()
@@ -124,7 +147,7 @@ class BakeOperator(CloudStageOperator):
             "baking %s %s from %s on %s in %s%s",
             self.package,
             version,
-            artifact,
+            shown,
             self.base_image,
             ", ".join(regions),
             " (rebake)" if self.rebake else "",
@@ -155,7 +178,7 @@ class BakeOperator(CloudStageOperator):
         result = {
             "package": self.package,
             "version": version,
-            "artifact": artifact,
+            "artifact": shown,
             "regions": regions,
             "operations": {region: op.id for region, op in zip(regions, ops, strict=True)},
         }

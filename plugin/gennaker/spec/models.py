@@ -11,7 +11,7 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from gennaker.spec.durations import Duration
@@ -876,3 +876,24 @@ class Pipeline(SpecModel):
 
 # Fields of the spec that are not pipeline fields: used by templates and defaults.
 TEMPLATE_KEYS = ("template", "variables")
+def _allow_rule(value: str) -> str:
+    from gennaker.artifact_refs import parse_rule
+
+    parse_rule(value)  # a ValueError becomes this entry's file:line error
+    return value
+
+
+class ArtifactPolicy(SpecModel):
+    """Where a bake may read artifacts from besides the artifact folder (see gennaker.artifact_refs)."""
+
+    allow: list[Annotated[str, AfterValidator(_allow_rule)]] = Field(
+        default_factory=list,
+        description="URL prefixes a bake's artifact may come from, e.g. https://artifacts.example.com/builds/ "
+        "(same scheme, host and port; a path under it) or file:///srv/builds/ (absolute paths under it); "
+        "without one, only relative paths inside $GENNAKER_ARTIFACTS",
+    )
+
+
+    artifacts: ArtifactPolicy = Field(
+        default_factory=ArtifactPolicy, description="where bakes may read artifacts from (untrusted references)"
+    )

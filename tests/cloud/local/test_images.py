@@ -789,3 +789,75 @@ def test_artifact_over_http(wheels: dict[str, Path], store: StateStore, home: Pa
         server.server_close()
         thread.join(timeout=10)
     assert image_dirs(home) == [image.id]
+
+
+# --------------------------------------------------------------------------- artifacts from untrusted references
+
+
+@contextlib.contextmanager
+def recording_server(folder: Path, redirect_to: str = "") -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
+    """Serves ``folder``; ``/same/<f>`` redirects to ``/<f>`` and ``/hop/<f>`` to ``redirect_to/<f>``.
+
+    Yields its base URL and the (path, Authorization header) of every request it got.
+    """
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Recorder(SimpleHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            for prefix, target in (("/same/", ""), ("/hop/", redirect_to)):
+                if self.path.startswith(prefix):
+                    self.send_response(302)
+                    self.send_header("Location", target + "/" + self.path[len(prefix) :])
+                    self.end_headers()
+                    return
+            super().do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Recorder, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_url_credentials_go_to_the_artifacts_host_only(tmp_path: Path) -> None:
+    from gennaker.cloud.local_images import _stage_artifact
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "hello-1.0.0.whl").write_bytes(b"the wheel")
+    basic = "Basic Ym9iOmh1bnRlcjIy"  # bob:hunter22
+    with recording_server(served) as (other, other_seen), recording_server(served, other) as (base, seen):
+        netloc = base.replace("http://", "http://bob:hunter22@")
+        query = "?X-Amz-Credential=AKIAXYZ&X-Amz-Signature=f00dfeed"
+        for n, how in enumerate(("", "same/", "hop/")):
+            staging = tmp_path / f"staging{n}"
+            staging.mkdir()
+            path, source, _ = _stage_artifact(f"{netloc}/{how}hello-1.0.0.whl{query}", staging)
+            assert path.read_bytes() == b"the wheel"
+            assert source == f"{base}/{how}hello-1.0.0.whl"  # what manifests and messages show
+    # The artifact's host got the credentials, also after a redirect to itself; the other host never.
+    assert [auth for _, auth in seen] == [basic] * 4
+    assert [(path.split("?")[0], auth) for path, auth in other_seen] == [("/hello-1.0.0.whl", None)]
+
+
+def test_a_symlinked_artifact_is_not_followed(tmp_path: Path) -> None:
+    from gennaker.cloud.local_images import _stage_artifact
+
+    (tmp_path / "secret").write_text("not an artifact")
+    (tmp_path / "hello-1.0.0.whl").symlink_to(tmp_path / "secret")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(InvalidRequest, match="is a symlink"):
+        _stage_artifact(str(tmp_path / "hello-1.0.0.whl"), staging)
+    assert list(staging.iterdir()) == []
