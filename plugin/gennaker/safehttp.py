@@ -57,6 +57,22 @@ class _SameOriginCredentials(urllib.request.HTTPRedirectHandler):
         return new
 
 
+def credential_request(
+    url: str, *, headers: Mapping[str, str] | None = None, credentials: Mapping[str, str] | None = None
+) -> urllib.request.Request:
+    """A GET of ``url`` whose ``credentials`` (and the URL's userinfo) stay with its origin (see :func:`opener`)."""
+    bare, from_userinfo = split_userinfo(url)
+    request = urllib.request.Request(bare, headers=dict(headers or {}))
+    for name, value in {**from_userinfo, **dict(credentials or {})}.items():
+        request.add_unredirected_header(name, value)
+    return request
+
+
+def opener() -> urllib.request.OpenerDirector:
+    """An opener whose redirects carry credential headers on only within the same origin."""
+    return urllib.request.build_opener(_SameOriginCredentials())
+
+
 def open_url(
     url: str, *, timeout: float, headers: Mapping[str, str] | None = None, credentials: Mapping[str, str] | None = None
 ) -> Any:
@@ -64,11 +80,7 @@ def open_url(
 
     Returns the response (a context manager), or raises what ``urllib`` raises.
     """
-    bare, from_userinfo = split_userinfo(url)
-    request = urllib.request.Request(bare, headers=dict(headers or {}))
-    for name, value in {**from_userinfo, **dict(credentials or {})}.items():
-        request.add_unredirected_header(name, value)
-    return urllib.request.build_opener(_SameOriginCredentials()).open(request, timeout=timeout)
+    return opener().open(credential_request(url, headers=headers, credentials=credentials), timeout=timeout)
 
 
-__all__ = ["open_url", "origin", "split_userinfo"]
+__all__ = ["credential_request", "open_url", "opener", "origin", "split_userinfo"]

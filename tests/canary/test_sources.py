@@ -114,6 +114,7 @@ class FakePrometheus:
         self.answers: dict[str, Any] = {}
         self.requests: list[dict[str, str]] = []
         self.failures: list[int] = []  # status codes to answer with first
+        self.redirect_to = ""  # if set: answer every request with a redirect to this base URL
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -121,6 +122,11 @@ class FakePrometheus:
                 url = urlsplit(self.path)
                 params = {k: v[0] for k, v in parse_qs(url.query).items()}
                 owner.requests.append({"path": url.path, **params, "auth": self.headers.get("Authorization") or ""})
+                if owner.redirect_to:
+                    self.send_response(302)
+                    self.send_header("Location", owner.redirect_to + self.path)
+                    self.end_headers()
+                    return
                 if owner.failures:
                     self._send(owner.failures.pop(0), {"status": "error", "errorType": "unavailable", "error": "busy"})
                     return
@@ -259,6 +265,72 @@ def test_prometheus_through_an_airflow_connection(prometheus: FakePrometheus, mo
     assert prometheus.requests[-1]["auth"] == "Basic YWRhOnMzY3JldA=="
 
 
+# --------------------------------------------------------------------------- credentials stay with their host
+
+
+def prometheus_connection(monkeypatch: pytest.MonkeyPatch, url: str, **fields: Any) -> None:
+    """AIRFLOW_CONN_PROM: ``url``'s host and port, login ada, password s3cret."""
+    host, port = url.removeprefix("http://").split(":")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PROM",
+        json.dumps(
+            {"conn_type": "http", "host": host, "port": int(port), "login": "ada", "password": "s3cret", **fields}
+        ),
+    )
+
+
+ADA = "Basic YWRhOnMzY3JldA=="  # ada:s3cret
+
+
+def test_the_description_never_shows_credentials(prometheus: FakePrometheus, monkeypatch: pytest.MonkeyPatch) -> None:
+    prometheus.answers[RENDERED] = lambda p: [{"metric": {}, "values": _samples(p, 1)}]
+    with_userinfo = prometheus.url.replace("http://", "http://ada:s3cret@")
+    source = PrometheusMetricSource(with_userinfo, retries=0)
+    assert source.describe() == f"Prometheus at {prometheus.url}"
+    source.fetch(QUERY, SCOPE, T0, T0 + 10 * SECOND, 10 * SECOND)
+    assert prometheus.requests[-1]["auth"] == ADA  # the userinfo still authenticates
+    prometheus.failures = [503]
+    with pytest.raises(MetricSourceError) as info:
+        source.fetch(QUERY, SCOPE, T0, T0 + 10 * SECOND, 10 * SECOND)
+    assert "s3cret" not in str(info.value) and "ada" not in str(info.value)
+
+    # A connection whose host is a whole URL with userinfo, and one with login/password.
+    prometheus_connection(monkeypatch, prometheus.url, host=with_userinfo, port=None, login=None, password=None)
+    described = metric_source({"type": "prometheus", "connection": "prom"}, lambda: MetricsProvider()).describe()
+    prometheus_connection(monkeypatch, prometheus.url)
+    described += metric_source({"type": "prometheus", "connection": "prom"}, lambda: MetricsProvider()).describe()
+    assert described == f"Prometheus at {prometheus.url}" * 2
+
+
+def test_a_connections_credentials_are_not_sent_to_another_host(
+    prometheus: FakePrometheus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = FakePrometheus()
+    try:
+        other.answers[RENDERED] = lambda p: [{"metric": {}, "values": _samples(p, 1)}]
+        prometheus_connection(monkeypatch, prometheus.url, extra={"headers": {"X-Api-Key": "k3y"}})
+        # A query endpoint on another host than the connection's: refused, not sent the password.
+        with pytest.raises(MetricSourceError, match="a connection's credentials are sent to its own host only") as info:
+            metric_source(
+                {"type": "prometheus", "connection": "prom", "endpoint": other.url}, lambda: MetricsProvider()
+            )
+        assert "s3cret" not in str(info.value)
+        # A path on the connection's own host is fine.
+        on_host = metric_source(
+            {"type": "prometheus", "connection": "prom", "endpoint": prometheus.url + "/prom"},
+            lambda: MetricsProvider(),
+        )
+        assert isinstance(on_host, PrometheusMetricSource) and on_host.endpoint == prometheus.url + "/prom"
+        # The connection's host redirects elsewhere: the query follows, its credentials do not.
+        prometheus.redirect_to = other.url
+        source = metric_source({"type": "prometheus", "connection": "prom"}, lambda: MetricsProvider())
+        assert source.fetch(QUERY, SCOPE, T0, T0 + 10 * SECOND, 10 * SECOND).values == (1.0,)
+        assert prometheus.requests[-1]["auth"] == ADA
+        assert [r["auth"] for r in other.requests] == [""]
+    finally:
+        other.close()
+
+
 # --------------------------------------------------------------------------- Kayenta configs
 
 
@@ -312,3 +384,20 @@ def test_queries_of_a_kayenta_config_from_spinnaker() -> None:
         queries_from_kayenta({"metrics": [{"name": "x", "query": {"type": "stackdriver"}}]})
     with pytest.raises(ValueError, match="no metrics"):
         queries_from_kayenta({"metrics": []})
+
+
+def test_the_report_page_shows_no_credentials_of_a_source() -> None:
+    from gennaker.canary.report import render_report
+
+    page = render_report(
+        {
+            "stage": "canary",
+            "status": "succeeded",
+            "baseline": {"serverGroup": "hello-prod-baseline-v001"},
+            "canary": {"serverGroup": "hello-prod-canary-v002"},
+            "source": "Prometheus at http://ada:s3cret@prom.example:9090/?token=t0ken&org=team",
+            "error": "cannot read from https://ada:s3cret@prom.example/api?X-Amz-Signature=f00d",
+        }
+    )
+    assert "s3cret" not in page and "t0ken" not in page and "f00d" not in page
+    assert "metrics from Prometheus at http://***@prom.example:9090/?token=***&amp;org=team" in page

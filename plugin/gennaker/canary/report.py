@@ -39,6 +39,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from gennaker.redact import redact_text
+
 __all__ = [
     "CHART_POINTS",
     "REPORT_KEY",
@@ -159,7 +161,8 @@ th{background:#f6f6f6;font-weight:600}td.num{text-align:right;font-variant-numer
 
 
 def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
+    # Every URL on the page loses its credentials, whatever wrote it into the report (an old run's XCom too).
+    return html.escape(redact_text("" if value is None else str(value)))
 
 
 def _badge(label: Any) -> str:

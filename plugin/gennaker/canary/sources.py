@@ -46,12 +46,14 @@ import re
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from gennaker import safehttp
+from gennaker.redact import redact_text, redact_url
+from gennaker.safehttp import credential_request, origin, split_userinfo
 from gennaker.spec.models import CANARY_QUERY_VARIABLES, LATER_METRIC_SOURCES
 
 if TYPE_CHECKING:
@@ -219,14 +221,18 @@ class PrometheusMetricSource(MetricSource):
         retries: int = 2,
         opener: Callable[..., Any] | None = None,
     ) -> None:
-        self.endpoint = endpoint.rstrip("/")
-        self.headers = dict(headers or {})
+        # Userinfo in the endpoint becomes a header: the endpoint itself is shown (logs, XCom, the report).
+        bare, from_userinfo = split_userinfo(endpoint.strip())
+        self.endpoint = bare.rstrip("/")
+        self.headers = {**from_userinfo, **dict(headers or {})}
+        """Sent to the endpoint's own scheme, host and port only (credentials: not along a redirect elsewhere)."""
         self.timeout = timeout
         self.retries = retries
-        self._open = opener or urllib.request.urlopen
+        self._open = opener or safehttp.opener().open
+        self._shown = redact_url(self.endpoint)
 
     def describe(self) -> str:
-        return f"Prometheus at {self.endpoint}"
+        return f"Prometheus at {self._shown}"
 
     def fetch(self, query: str, scope: Scope, start: datetime, end: datetime, step: timedelta) -> Series:
         promql = render_query(query, scope)
@@ -275,7 +281,7 @@ class PrometheusMetricSource(MetricSource):
 
     def _get(self, path: str, params: Mapping[str, str], promql: str, scope: Scope) -> dict[str, Any]:
         url = f"{self.endpoint}{path}?{urllib.parse.urlencode(params)}"
-        request = urllib.request.Request(url, headers={"Accept": "application/json", **self.headers})
+        request = credential_request(url, headers={"Accept": "application/json"}, credentials=self.headers)
         attempt = 0
         while True:
             attempt += 1
@@ -291,10 +297,10 @@ class PrometheusMetricSource(MetricSource):
                     ) from None
                 problem = f"HTTP {error.code}: {detail}"
             except (urllib.error.URLError, OSError, ValueError) as error:
-                problem = f"{type(error).__name__}: {getattr(error, 'reason', error)}"
+                problem = f"{type(error).__name__}: {redact_text(str(getattr(error, 'reason', error)))}"
             if attempt > self.retries:
                 raise MetricSourceError(
-                    f"cannot read query {promql!r} for {scope.server_group} from {self.endpoint} "
+                    f"cannot read query {promql!r} for {scope.server_group} from {self._shown} "
                     f"({attempt} attempt{'' if attempt == 1 else 's'}): {problem}"
                 )
             time.sleep(min(2.0**attempt, 10.0))
@@ -386,9 +392,16 @@ def metric_source(spec: Mapping[str, Any], provider: Callable[[], CloudProvider]
         timeout = _seconds(spec.get("timeout"), 30.0)
         if spec.get("connection"):
             parts = _from_connection(str(spec["connection"]))
-            return PrometheusMetricSource(
-                str(spec.get("endpoint") or parts.endpoint), headers=parts.headers, timeout=timeout
-            )
+            endpoint = str(spec.get("endpoint") or parts.endpoint)
+            if origin(endpoint) != origin(parts.endpoint):
+                # The connection's credentials belong to its host: never send them to another one.
+                raise MetricSourceError(
+                    f"metric source endpoint {redact_url(endpoint)} is not on the host of Airflow connection "
+                    f"{spec['connection']!r} ({redact_url(parts.endpoint)}), and a connection's credentials are sent "
+                    f"to its own host only: drop 'endpoint' (or give its path on the connection's host), or use a "
+                    f"connection for that host"
+                )
+            return PrometheusMetricSource(endpoint, headers=parts.headers, timeout=timeout)
         if not spec.get("endpoint"):
             raise MetricSourceError("a prometheus metric source needs an endpoint (or an Airflow connection)")
         return PrometheusMetricSource(str(spec["endpoint"]), timeout=timeout)

@@ -89,7 +89,6 @@ import tarfile
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 import zipfile
 import zlib
