@@ -73,3 +73,28 @@ def test_pipeline_start_is_announced_by_first_stages_only():
     later = stage_callbacks([], pipeline, first=False)
     assert [n.event for n in first["on_execute_callback"]] == ["starting"]
     assert later == {}
+
+
+def test_email_escapes_what_it_interpolates(monkeypatch):
+    sent = []
+
+    class Recorder:
+        def __init__(self, *, to, subject, html_content):
+            sent.append({"to": to, "subject": subject, "html": html_content})
+
+        def notify(self, context):
+            pass
+
+    monkeypatch.setattr("airflow.providers.smtp.notifications.smtp.SmtpNotifier", Recorder)
+    message = "version <script>alert(1)</script> & <b>more</b>\nsecond line"
+    notifier = GennakerNotifier(kind="email", to=["team@example.com"], url=None, event="failed", message=message)
+    run_id = "manual__1\r\nBcc: attacker@example.com\u2028X-Evil: 1"
+    ti = SimpleNamespace(dag_id="hello.deploy", run_id=run_id, task_id="deploy<img src=x>")
+    notifier.notify({"ti": ti})
+    (mail,) = sent
+    # One header line: a newline in it would have started a Bcc of the trigger's choosing.
+    assert mail["subject"] == "[gennaker] hello.deploy: deploy<img src=x> failed"
+    assert not any(ch in mail["subject"] for ch in "\r\n\u2028")
+    assert "<script>" not in mail["html"] and "<img" not in mail["html"] and "<b>" not in mail["html"]
+    assert "version &lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;more&lt;/b&gt;<br>second line" in mail["html"]
+    assert "run manual__1" in mail["html"]

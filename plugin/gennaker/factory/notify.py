@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from airflow.sdk import BaseNotifier
@@ -58,12 +59,29 @@ class GennakerNotifier(BaseNotifier):
             elif self.kind == "email":
                 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-                what = summary["stage"] or summary["pipeline"]
-                subject = f"[gennaker] {summary['pipeline']}: {what} {self.event}"
-                html = f"<p>{subject}</p><p>run {summary['runId']}</p><p>{self.message}</p>"
-                SmtpNotifier(to=self.to, subject=subject, html_content=html).notify(context)
+                subject, body = email_content(summary)
+                SmtpNotifier(to=self.to, subject=subject, html_content=body).notify(context)
         except Exception:
             log.exception("gennaker: could not send %s notification for %s", self.kind, summary)
+
+
+def _one_line(value: Any) -> str:
+    # A newline in a header would start a header of the sender's choosing (Bcc: ...): none get through.
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value if value is not None else ""))
+    return " ".join(text.split())
+
+
+def email_content(summary: Mapping[str, Any]) -> tuple[str, str]:
+    """An email's subject (one line, no control characters) and HTML body (every value escaped).
+
+    The run id and the message can come from whoever triggered the run (a run id of the
+    REST API, a message templated from the run's parameters): they are data, not markup.
+    """
+    what = summary.get("stage") or summary.get("pipeline")
+    subject = _one_line(f"[gennaker] {summary.get('pipeline')}: {what} {summary.get('event')}")
+    message = html.escape(str(summary.get("message") or "")).replace("\n", "<br>")
+    body = f"<p>{html.escape(subject)}</p><p>run {html.escape(str(summary.get('runId')))}</p><p>{message}</p>"
+    return subject, body
 
 
 def _callbacks(notifications: Iterable[Notification], events: Iterable[str]) -> dict[str, list[Any]]:
