@@ -339,3 +339,27 @@ def test_pipeline_trigger_starts_downstream(alive: Airflow) -> None:
             ("gennaker.pipeline.it.upstream.failed", failed, "gennaker_pipeline_status"),
         ]
     )
+
+
+# ---------------------------------------------------------------------- 8. constrained parameters
+
+
+def test_a_value_that_does_not_fit_a_parameter_is_refused_before_any_run(alive: Airflow) -> None:
+    alive.wait_for_dag("it.params")
+    refusals = [
+        ({"version": "1.0.0; rm -rf /"}, "version"),
+        ({"version": "../../1.0.0"}, "version"),
+        ({"version": "1.0.0\n"}, "version"),
+        ({"environment": "qa"}, "environment"),
+    ]
+    for conf, refused in refusals:
+        # The trigger form posts here too (with a Referer): Airflow validates the params in create_dagrun.
+        for headers in ({}, {"Referer": f"{alive.url}/dags/it.params/trigger"}):
+            body = {"logical_date": None, "conf": conf}
+            r = alive.request("POST", "/dags/it.params/dagRuns", json=body, headers=headers)
+            assert r.status_code == 400, f"{conf}: {r.status_code} {r.text}"
+            assert f"Invalid input for param {refused}" in r.json()["detail"]
+    assert alive.runs("it.params") == []
+    # A value that fits starts a run.
+    run_id = alive.trigger("it.params", {"version": "2.10.0", "environment": "prod"})
+    assert [r["dag_run_id"] for r in alive.runs("it.params")] == [run_id]

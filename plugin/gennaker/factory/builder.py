@@ -17,7 +17,7 @@ from gennaker.factory.stages import (
 )
 from gennaker.spec.errors import SpecError, SpecErrors
 from gennaker.spec.loader import LoadedSpec
-from gennaker.spec.models import CronTrigger, Parameter, Pipeline, PipelineTrigger
+from gennaker.spec.models import CronTrigger, Parameter, Pipeline, PipelineTrigger, whole_value_pattern
 from gennaker.spec.semantics import ancestors
 
 # A fixed start date keeps DAGs deterministic; catchup is off, so it never backfills.
@@ -25,6 +25,7 @@ START_DATE = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
 def build_params(parameters: Iterable[Parameter]) -> dict[str, Any]:
+    """The DAG's params: each parameter an Airflow Param whose JSON Schema refuses values that do not fit."""
     from airflow.sdk import Param
 
     params: dict[str, Any] = {}
@@ -42,6 +43,8 @@ def build_params(parameters: Iterable[Parameter]) -> dict[str, Any]:
                 schema["minLength"] = 1
         if p.options is not None:
             schema["enum"] = list(p.options)
+        if p.pattern is not None:  # Airflow checks it (jsonschema, a search) when a run is triggered
+            schema["pattern"] = whole_value_pattern(p.pattern)
         kwargs: dict[str, Any] = {"description": p.description, **schema}
         if p.default is not None:
             params[p.name] = Param(p.default, **kwargs)

@@ -11,7 +11,15 @@ import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from gennaker.spec.durations import Duration
@@ -807,19 +815,61 @@ Trigger = Annotated[CronTrigger | PipelineTrigger | JenkinsTrigger, Field(discri
 
 
 class Parameter(SpecModel):
-    """A run parameter; becomes an Airflow Param in the trigger form."""
+    """A run parameter; becomes an Airflow Param in the trigger form.
+
+    ``options`` and ``pattern`` become the Param's JSON Schema (``enum``, ``pattern``):
+    Airflow refuses a run whose value does not fit (the trigger form and the REST API
+    answer 400) before any task runs. Guard what a trigger may send, e.g. a version
+    that becomes part of an artifact name: ``pattern: '[0-9]+\\.[0-9]+\\.[0-9]+'``.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="params.<name> in expressions")
     description: str | None = Field(default=None, description="shown in the trigger form")
     default: str | int | float | bool | None = Field(default=None, description="its type is the Param's type")
     required: bool = Field(default=False, description="the trigger form insists on a value")
     options: list[str | int | float] | None = Field(default=None, min_length=1, description="allowed values")
+    pattern: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a Python regular expression the whole value must match, e.g. '[0-9]+\\.[0-9]+\\.[0-9]+' "
+        "(string parameters)",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A valid regex, for a string parameter, that its own default and options match."""
+        if value is None:
+            return None
+        try:
+            re.compile(value)  # on its own first: wrapped, `[0-9` would still compile, as something else
+            regex = re.compile(whole_value_pattern(value))
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        default = info.data.get("default")
+        for what, given in [("the default", default), *(("option", o) for o in info.data.get("options") or [])]:
+            if given is None:
+                continue
+            if not isinstance(given, str):
+                raise ValueError(f"a pattern applies to strings, and {what} {given!r} is not one")
+            if not regex.search(given):
+                raise ValueError(f"{what} {given!r} does not match this pattern")
+        return value
 
     @model_validator(mode="after")
     def _default_in_options(self) -> Parameter:
         if self.options is not None and self.default is not None and self.default not in self.options:
             raise ValueError(f"default {self.default!r} is not one of options {self.options}")
         return self
+
+
+def whole_value_pattern(pattern: str) -> str:
+    """``pattern`` anchored to the whole value, as JSON Schema's ``pattern`` (a search) is given it.
+
+    ``(?![\\s\\S])`` is "end of the value" in Python and in JavaScript alike; ``$`` would
+    also let a trailing newline through.
+    """
+    return f"^(?:{pattern})(?![\\s\\S])"
 
 
 class Concurrency(SpecModel):

@@ -24,6 +24,10 @@ part maps onto Airflow.
 
 A spec may instead say `template: <name>` with `variables: {...}` and add or override
 stages by id; see templates/ and docs/design.md.
+
+YAML anchors and aliases (`&name`, `*name`) and merge keys (`<<`) are errors in specs,
+defaults.yaml and templates: an alias can refer to itself or expand a few hundred bytes
+into millions of values. Share what repeats with templates or defaults.yaml instead.
 """
 
 SECTIONS: list[tuple[str, list[type[BaseModel]]]] = [
