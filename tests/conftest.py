@@ -19,6 +19,8 @@ def pytest_configure(config: pytest.Config) -> None:
     global _home
     _home = tempfile.mkdtemp(prefix="gennaker-airflow-home-")
     os.environ["AIRFLOW_HOME"] = _home
+    # The local provider's processes inherit only named variables: let the tests' leftover mark through.
+    os.environ["GENNAKER_LOCAL_PASS_ENV"] = "GENNAKER_TEST_MARK"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -97,6 +97,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gennaker.cloud import privfiles, procenv
 from gennaker.cloud.errors import CloudError, InvalidRequest, NotFound, ProviderUnavailable
 from gennaker.cloud.model import BakeRequest, Image, utcnow
 from gennaker.cloud.state import StateStore, gennaker_home
@@ -728,12 +729,11 @@ def bake(store: StateStore, request: BakeRequest, *, home: Path | None = None) -
     mismatched artifact, missing interpreter), :class:`NotFound` for a missing
     artifact, :class:`ProviderUnavailable` when the lock or a download times out.
     """
-    root = images_root(home)
-    root.mkdir(parents=True, exist_ok=True)
+    root = privfiles.private_dir(images_root(home))  # 0700: only our user lists or reads the images
     _sweep(root)
     runtime = resolve_base(request.base)
     staging = root / f".stage-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
+    staging.mkdir(mode=0o700)
     try:
         path, source, expected = _stage_artifact(request.artifact, staging)
         artifact = _inspect(path, source, expected, request, python_base=runtime.kind == "python")
@@ -822,7 +822,7 @@ def _build(store: StateStore, root: Path, plan: _Plan, key: str, image_id: str, 
     request, artifact, runtime = plan.request, plan.artifact, plan.runtime
     final = root / image_id
     work = root / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
+    work.mkdir(mode=0o700)  # becomes the image directory
     started = time.monotonic()
     try:
         if artifact.kind in ("wheel", "sdist"):
@@ -968,7 +968,7 @@ def _pip_package(runtime: Runtime, tools: Path) -> Path | None:
     wheel = best[1]
     target = tools / wheel.name.removesuffix(".whl")
     if not (target / "pip" / "__main__.py").is_file():
-        tools.mkdir(parents=True, exist_ok=True)
+        privfiles.private_dir(tools)
         unpacking = tools / f".tmp-{uuid.uuid4().hex[:8]}"
         try:
             with zipfile.ZipFile(wheel) as archive:
@@ -1010,29 +1010,12 @@ def _relocate(venv: Path, work: Path, final: Path) -> None:
             path.chmod(mode)
 
 
-_DROPPED_ENV = (
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONSTARTUP",
-    "PYTHONDONTWRITEBYTECODE",
-    "PYTHONPYCACHEPREFIX",
-    "VIRTUAL_ENV",
-)
-
-
 def _clean_env() -> dict[str, str]:
-    """The environment of the bake's Python and pip runs: no user config, and pip's bytecode is cached."""
-    env = {
-        name: value for name, value in os.environ.items() if not name.startswith("PIP_") and name not in _DROPPED_ENV
-    }
-    env.update(
-        PIP_CONFIG_FILE=os.devnull,
-        PIP_DISABLE_PIP_VERSION_CHECK="1",
-        PIP_NO_INPUT="1",
-        PIP_NO_WARN_SCRIPT_LOCATION="1",
-        PYTHONNOUSERSITE="1",
-    )
-    return env
+    """The environment of the bake's Python and pip runs: minimal, never the caller's (see :mod:`procenv`).
+
+    An sdist's build backend runs here: it must not find Airflow's secrets or the caller's.
+    """
+    return procenv.build_env()
 
 
 def _run(argv: Sequence[str], what: str, *, timeout: float, hint: str) -> None:
@@ -1079,7 +1062,7 @@ def _extract(path: Path, target: Path) -> None:
 @contextlib.contextmanager
 def _flock(path: Path, timeout: float) -> Iterator[None]:
     """An exclusive ``flock`` on ``path``, waited for up to ``timeout`` seconds (any process, any thread)."""
-    with open(path, "a+b") as handle:
+    with open(path, "a+b", opener=privfiles.open_private) as handle:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -1099,7 +1082,7 @@ def _flock(path: Path, timeout: float) -> Iterator[None]:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
+    with open(path, "w", encoding="utf-8", opener=privfiles.open_private) as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
         handle.flush()

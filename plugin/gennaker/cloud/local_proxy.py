@@ -110,6 +110,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
+from gennaker.cloud import logfiles, privfiles, procenv
 from gennaker.cloud.errors import CloudError, InvalidRequest, NotFound, ProviderUnavailable
 from gennaker.cloud.model import Firewall, Health, Instance, LoadBalancer, ServerGroup
 from gennaker.cloud.naming import parse_server_group_name
@@ -1314,8 +1315,7 @@ def _lock_pid_file(path: Path) -> int | None:
 
     Retried briefly: :func:`running_pid` takes a shared lock for an instant to look.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = privfiles.open_private(path, os.O_RDWR)
     deadline = time.monotonic() + 1.0
     while True:
         try:
@@ -1355,8 +1355,7 @@ def _probe(path: Path) -> tuple[bool, int | None]:
 @contextlib.contextmanager
 def _start_lock(pid_file: Path) -> Iterator[None]:
     """Serialise :func:`ensure_running` and :func:`stop` of one load balancer across processes and threads."""
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(pid_file.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = privfiles.open_private(pid_file.with_suffix(".lock"), os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -1409,11 +1408,10 @@ def ensure_running(
         if held and pid is not None:
             return pid
         log_path = log_file(home_path, name)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        privfiles.private_dir(log_path.parent)
+        logfiles.LogLimits.from_env()  # a bad setting is a clear error here, not a proxy that dies at once
         offset = log_path.stat().st_size if log_path.exists() else 0
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env = procenv.service_env()  # minimal: never the caller's environment (Airflow's secrets)
         command = [
             sys.executable,
             "-m",
@@ -1429,7 +1427,7 @@ def ensure_running(
             "--load-balancer",
             name,
         ]
-        with open(log_path, "ab") as log:
+        with logfiles.open_log(log_path) as log:  # O_APPEND: the proxy rotates it by copy-truncate
             proc = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -1547,6 +1545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     home = _home(args.home)
+    os.umask(0o077)  # what the proxy creates (pid files, its log's rotated copies) is its user's alone
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,
@@ -1562,12 +1561,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_seconds=args.drain_timeout,
         access_log=args.access_log,
     )
+    own_log = log_file(home, args.name)
+    rotator = logfiles.Rotator(lambda: [own_log], logfiles.LogLimits.from_env()).start()
     try:
         return proxy.run(_pid_file(home, args.account, args.region, args.name))
     except Exception as error:
         logger.exception("the proxy failed")
         _fatal(f"{type(error).__name__}: {error}")
         return 1
+    finally:
+        rotator.stop()
 
 
 __all__ = [

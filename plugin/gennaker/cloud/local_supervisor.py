@@ -40,8 +40,8 @@ An instance
     ``image = store.get_image(group.image_id)``; ``image.manifest``: ``path`` (the image
     directory, absolute or relative to ``<home>/local/images``), ``start_command`` (an
     argv list or a shell-like string; argv[0] and any argument naming a file of the image
-    directory are made absolute), ``env``. cwd = image directory; environment =
-    ``os.environ`` minus ``AIRFLOW_*``, + manifest env, + ``group.environment``, +
+    directory are made absolute), ``env``. cwd = image directory; environment = built
+    by :mod:`procenv`, never inherited: PATH, HOME, LANG, ... + manifest env, + ``group.environment``, +
     ``PORT``, ``HOST=127.0.0.1``, ``GENNAKER_INSTANCE_ID``, ``GENNAKER_SERVER_GROUP``;
     stdout and stderr appended to ``<home>/local/logs/<group>/<instance-id>.log`` (a
     ``--- gennaker: ...`` line before every start); its own session and process group.
@@ -119,6 +119,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from gennaker.cloud import logfiles, privfiles, procenv
 from gennaker.cloud.errors import CloudError, InvalidRequest, NotFound, ProviderUnavailable, QuotaExceeded
 from gennaker.cloud.model import Health, Image, Instance, ServerGroup, utcnow
 from gennaker.cloud.state import StateStore, gennaker_home
@@ -131,6 +132,9 @@ DESTROYING_TAG = "gennaker:destroying"
 
 MAX_BACKOFF = 10.0
 log = logging.getLogger(MODULE)
+
+# The umask instances start with: the one this process inherited (main() makes its own 077 for its files).
+_INSTANCE_UMASK = -1  # -1: unchanged
 
 # Processes this process started (supervisors, instances): polled to learn exit codes and reap zombies.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -459,8 +463,7 @@ def _exit_phrase(code: int | None) -> str:
 @contextlib.contextmanager
 def _flock(path: Path, *, timeout: float | None = 30.0) -> Iterator[int]:
     """Hold an exclusive ``flock`` on ``path`` (made if missing); ProviderUnavailable after ``timeout`` s."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = privfiles.open_private(path, os.O_RDWR)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -477,10 +480,7 @@ def _flock(path: Path, *, timeout: float | None = 30.0) -> Iterator[int]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    privfiles.write_private(path, text)  # 0600 in 0700 folders: only our user reads the run files
 
 
 def _read_pid(path: Path) -> int | None:
@@ -510,8 +510,7 @@ def _is_supervisor(pid: int | None, paths: SupervisorPaths) -> bool:
 
 def _alive_holder(paths: SupervisorPaths) -> int | None:
     """The pid of the supervisor holding ``<name>.alive``, if one holds it."""
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.alive_file, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = privfiles.open_private(paths.alive_file, os.O_RDWR)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -695,9 +694,8 @@ def image_command(image: Image, group: ServerGroup, home: str | os.PathLike[str]
     if not argv:
         raise InvalidRequest(f"image {image.id} has an empty start_command")
     argv = [_resolve(arg, image_dir, first=index == 0) for index, arg in enumerate(argv)]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW_")}
-    env.update({str(key): str(value) for key, value in dict(manifest.get("env") or {}).items()})
-    env.update(group.environment)
+    # Built from named parts, never the caller's environment (see procenv): no secret of Airflow's.
+    env = procenv.instance_env(manifest.get("env"), group.environment)
     return Command(argv=argv, cwd=image_dir, env=env)
 
 
@@ -913,7 +911,7 @@ class Reconciler:
             return self._set_health(instance, instance.health, f"cannot start: {error.message}")
 
         log_path = self.paths.instance_log(instance.id)
-        self.paths.log_dir.mkdir(parents=True, exist_ok=True)
+        privfiles.private_dir(self.paths.log_dir)
         port = instance.port or record.port
         note = ""
         if port is None:
@@ -931,7 +929,7 @@ class Reconciler:
             "GENNAKER_INSTANCE_ID": instance.id,
             "GENNAKER_SERVER_GROUP": self.name,
         }
-        with open(log_path, "ab") as out:
+        with logfiles.open_log(log_path) as out:  # O_APPEND: copy-truncate rotation keeps the child's stream
             stamp = utcnow().isoformat(timespec="seconds")
             if note:
                 out.write(f"--- {stamp} gennaker: {note}\n".encode())
@@ -947,6 +945,7 @@ class Reconciler:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                     close_fds=True,
+                    umask=_INSTANCE_UMASK,
                 )
             except OSError as error:
                 out.write(f"--- {stamp} gennaker: could not start: {error}\n".encode())
@@ -1130,7 +1129,8 @@ def ensure_running(
         if holder is not None:
             _write_atomic(paths.pid_file, f"{holder}\n")
             return holder
-        paths.log_dir.mkdir(parents=True, exist_ok=True)
+        privfiles.private_dir(paths.log_dir)
+        logfiles.LogLimits.from_env()  # a bad setting is a clear error here, not a supervisor that dies at once
         argv = [
             sys.executable,
             "-m",
@@ -1147,7 +1147,7 @@ def ensure_running(
             name,
             *(options.to_args() if options else []),
         ]
-        with open(paths.supervisor_log, "ab") as out:
+        with logfiles.open_log(paths.supervisor_log) as out:
             process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -1196,14 +1196,8 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 def _supervisor_env() -> dict[str, str]:
-    """The caller's environment, with gennaker's source root on PYTHONPATH (Airflow may load it as a plugin)."""
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    paths = [part for part in env.get("PYTHONPATH", "").split(os.pathsep) if part]
-    if root not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([root, *paths])
-        env["GENNAKER_SUPERVISOR_ADDED_PATH"] = root  # taken off again before the instances inherit it
-    return env
+    """A minimal environment (:func:`procenv.service_env`): its instances can read it through /proc."""
+    return procenv.service_env()
 
 
 def stop(home: str | os.PathLike[str], account: str, region: str, name: str, *, timeout: float = 30.0) -> bool:
@@ -1254,8 +1248,7 @@ def run_supervisor(
     """The supervisor loop, in this process, until SIGTERM/SIGINT or the group is gone; the exit status."""
     options = options or SupervisorOptions.from_env()
     paths = SupervisorPaths.of(home, account, region, name)
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    alive: IO[str] = open(paths.alive_file, "a+")  # held (locked) for the whole life
+    alive: IO[str] = open(paths.alive_file, "a+", opener=privfiles.open_private)  # held (locked) for the whole life
     try:
         try:
             fcntl.flock(alive.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1348,14 +1341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--stop-grace", type=float, default=defaults.stop_grace)
     args = parser.parse_args(argv)
 
-    added = os.environ.pop("GENNAKER_SUPERVISOR_ADDED_PATH", None)
-    if added:  # ensure_running put gennaker on PYTHONPATH for us; the instances should not inherit it
-        rest = [part for part in os.environ.get("PYTHONPATH", "").split(os.pathsep) if part and part != added]
-        if rest:
-            os.environ["PYTHONPATH"] = os.pathsep.join(rest)
-        else:
-            os.environ.pop("PYTHONPATH", None)
-
+    _private_files()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     home = Path(args.home).expanduser() if args.home else gennaker_home()
     state = Path(args.state).expanduser() if args.state else home / "local" / "state.db"
@@ -1369,7 +1355,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_grace=args.stop_grace,
     )
     store = StateStore(state)
-    return run_supervisor(store, home, args.account, args.region, args.server_group, options)
+    log_dir = SupervisorPaths.of(home, args.account, args.region, args.server_group).log_dir
+    rotator = logfiles.Rotator(lambda: log_dir.glob("*.log"), logfiles.LogLimits.from_env()).start()
+    try:
+        return run_supervisor(store, home, args.account, args.region, args.server_group, options)
+    finally:
+        rotator.stop()
+
+
+def _private_files() -> None:
+    """Everything this supervisor creates is its user's alone; its instances get the umask it inherited."""
+    global _INSTANCE_UMASK
+    _INSTANCE_UMASK = os.umask(0o077)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from gennaker.cloud import privfiles
 from gennaker.cloud.state import gennaker_home
 
 DEFAULT_LEASE = timedelta(hours=1)
@@ -62,7 +63,7 @@ class ClusterLocks:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else gennaker_home() / "locks.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        privfiles.private_file(self.path)  # 0600 (its -wal and -shm take its mode) in 0700 folders
         with self._connect() as conn:
             conn.execute(_SCHEMA)
 

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gennaker.cloud import privfiles
 from gennaker.cloud.errors import IdempotencyConflict, InvalidName, InvalidRequest, NotFound, ProviderUnavailable
 from gennaker.cloud.model import (
     CloudModel,
@@ -127,7 +128,7 @@ class StateStore:
         self.path = Path(path) if path is not None else default_state_path()
         self.timeout = timeout
         self._local = threading.local()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        privfiles.private_file(self.path)  # 0600 (its -wal and -shm take its mode) in 0700 folders
         self._migrate()
 
     def __repr__(self) -> str:
