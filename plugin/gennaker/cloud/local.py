@@ -54,6 +54,7 @@ from gennaker.cloud.errors import (
     ProviderUnavailable,
     TrafficGuardViolation,
 )
+from gennaker.cloud.limits import Limits, desired_total, local_limits
 from gennaker.cloud.model import (
     BakeRequest,
     Capacity,
@@ -101,12 +102,19 @@ class LocalProvider(CloudProvider):
         home: str | os.PathLike[str] | None = None,
         store: StateStore | None = None,
         guarded_clusters: Iterable[str] = (),
+        limits: Limits | None = None,
     ) -> None:
         super().__init__(account, region)
+        self._limits = limits if limits is not None else local_limits()
         self.home = Path(home).expanduser().absolute() if home is not None else gennaker_home()
         self._own_store = store is None
         self.store = store or StateStore(self.home / "local" / "state.db")
         self.guarded_clusters = frozenset(guarded_clusters)
+
+    @property
+    def limits(self) -> Limits:
+        """Capacity limits: the connection's extra, else ``GENNAKER_LOCAL_MAX_*``, else 20 per group, 100 in all."""
+        return self._limits
 
     def close(self) -> None:
         if self._own_store:
@@ -151,6 +159,7 @@ class LocalProvider(CloudProvider):
 
         def check() -> None:
             self.store.get_image(spec.image_id)  # NotFound before anything is recorded
+            self._check_capacity(spec.capacity, f"the next server group of {cluster}", self._created_by(key))
 
         op = self._claim(key, OperationKind.CREATE_SERVER_GROUP, spec.to_dict(), check)
         if op.done:
@@ -204,6 +213,7 @@ class LocalProvider(CloudProvider):
 
         def check() -> None:
             group = self._live_group(region, name, "resize")
+            self._check_capacity(capacity, name, group.name)
             if capacity.desired == 0:
                 self._guard(group, f"resizing {name} to 0")
 
@@ -413,6 +423,7 @@ class LocalProvider(CloudProvider):
             return self._finish(op, OperationStatus.SUCCEEDED, f"{name} is already gone")
         # The proxy exits by itself within a refresh; stopping it here frees its ports at once.
         local_proxy.stop(self.store, self.home, self.account, region, name, timeout=10.0)
+        local_proxy.forget_metrics(self.store, self.account, region, name)  # after the proxy's last flush
         return self._finish(op, OperationStatus.SUCCEEDED, f"deleted {name}")
 
     def upsert_firewall(self, firewall: Firewall, key: IdempotencyKey) -> Operation:
@@ -505,6 +516,16 @@ class LocalProvider(CloudProvider):
             check()
         op, _created = self.store.claim_operation(key, kind, request=request)
         return op
+
+    def _check_capacity(self, capacity: Capacity, what: str, replaces: str | None) -> None:
+        """Refuse a capacity above the limits (``replaces``: the group whose own desired count it replaces)."""
+        others = desired_total(self.store.list_server_groups(account=self.account), excluding=replaces)
+        self.limits.check(capacity, what, account=self.account, others=others)
+
+    def _created_by(self, key: IdempotencyKey) -> str | None:
+        """The server group an interrupted create with ``key`` made already (it must not count twice)."""
+        op = self.store.find_operation(key)
+        return None if op is None else op.result.get("server_group")
 
     def _live_group(self, region: str, name: str, action: str) -> ServerGroup:
         group = self.get_server_group(name, region=region)

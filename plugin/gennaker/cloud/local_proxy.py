@@ -52,7 +52,8 @@ normally through :func:`ensure_running` (idempotent; detached; log in
   into the ``lb_metrics`` table (:data:`METRICS_SCHEMA`), read by :func:`read_metrics`.
   A request counts in the second it ended, for the group that answered it (or the last
   one tried). Requests refused before a group was chosen (403, 503) are not counted.
-  Rows older than :data:`METRICS_RETENTION_SECONDS` are pruned;
+  Rows are pruned by :mod:`gennaker.cloud.retention` (older than 2 days by default, and a
+  deleted load balancer's at once), with or without a proxy running;
 - exits cleanly on SIGTERM or SIGINT: stops accepting, lets in-flight requests finish
   (at most ``--drain-timeout`` seconds), flushes metrics, exits 0. It exits the same
   way by itself when its load balancer is deleted from the store.
@@ -110,7 +111,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, cast
 
-from gennaker.cloud import logfiles, privfiles, procenv
+from gennaker.cloud import logfiles, privfiles, procenv, retention
 from gennaker.cloud.errors import CloudError, InvalidRequest, NotFound, ProviderUnavailable
 from gennaker.cloud.model import Firewall, Health, Instance, LoadBalancer, ServerGroup
 from gennaker.cloud.naming import parse_server_group_name
@@ -139,7 +140,6 @@ DRAIN_SECONDS = 30.0
 """Default bound on the wait for in-flight requests at shutdown."""
 START_TIMEOUT = 30.0
 METRICS_TABLE = "lb_metrics"
-METRICS_RETENTION_SECONDS = 7 * 24 * 3600
 HISTOGRAM_BOUNDS_MS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 """Upper bounds of the latency histogram's buckets; one more bucket counts everything above the last."""
 
@@ -155,6 +155,7 @@ METRICS_SCHEMA = (
     latency_p50_ms REAL, latency_p90_ms REAL, latency_p99_ms REAL, histogram TEXT NOT NULL,
     PRIMARY KEY (account, region, load_balancer, server_group, ts))""",
     f"CREATE INDEX IF NOT EXISTS {METRICS_TABLE}_server_group ON {METRICS_TABLE} (account, region, server_group, ts)",
+    f"CREATE INDEX IF NOT EXISTS {METRICS_TABLE}_ts ON {METRICS_TABLE} (ts)",  # the retention's age prune
 )
 """The metrics table: one row per load balancer, server group and second (``ts``, unix seconds).
 
@@ -229,6 +230,21 @@ def ensure_metrics_table(store: StateStore) -> None:
     with store.transaction() as db:
         for statement in METRICS_SCHEMA:
             db.execute(statement)
+
+
+def forget_metrics(store: StateStore, account: str, region: str, load_balancer: str) -> int:
+    """Delete a deleted load balancer's rows (the retention would, later); how many there were."""
+    with store.transaction() as db:
+        return retention.forget_metrics_of(db, account, region, load_balancer)
+
+
+def metrics_max_age_seconds() -> float:
+    """How long ``lb_metrics`` rows are kept (``GENNAKER_LB_METRICS_RETENTION_HOURS``; 2 days)."""
+    try:
+        return retention.Retention.from_env().lb_metrics_max_age.total_seconds()
+    except InvalidRequest as error:  # a bad setting must not stop the proxy: keep the default
+        logger.warning("%s; keeping metrics for the default time", error)
+        return retention.Retention().lb_metrics_max_age.total_seconds()
 
 
 def read_metrics(
@@ -1273,7 +1289,7 @@ class ProxyProcess:
             try:
                 self.metrics.flush(self.store)
                 if time.monotonic() >= next_prune:
-                    self.metrics.prune(self.store, time.time() - METRICS_RETENTION_SECONDS)
+                    self.metrics.prune(self.store, time.time() - metrics_max_age_seconds())
                     next_prune = time.monotonic() + 60.0
             except Exception as error:
                 if self._once("flush", 10.0):

@@ -68,6 +68,7 @@ from gennaker.cloud.errors import (
     SequenceExhausted,
     TrafficGuardViolation,
 )
+from gennaker.cloud.limits import Limits
 from gennaker.cloud.model import (
     BakeRequest,
     Capacity,
@@ -322,6 +323,15 @@ class CloudProvider(abc.ABC):
     @abc.abstractmethod
     def operation(self, operation_id: str) -> Operation:
         """The current state of a long operation; :class:`NotFound` for an unknown id."""
+
+    @property
+    def limits(self) -> Limits:
+        """The account's capacity limits (per server group, per account), checked before creating or resizing.
+
+        The default bounds only a server group (:data:`~gennaker.cloud.limits.SANE_MAX_CAPACITY`);
+        a provider whose account has quotas reports them.
+        """
+        return Limits()
 
     def poll(self, operation_id: str) -> Operation:
         """:meth:`operation`, raising :class:`OperationFailed` if it ended FAILED."""

@@ -18,7 +18,8 @@ Rows keep a few indexed columns and the model's dict as JSON (``body``). Instanc
 are rows of their own (the supervisor updates health without rewriting the group);
 :meth:`StateStore.get_server_group` joins them back. The ``names`` table reserves
 server group names (see :meth:`StateStore.allocate_server_group_name`) and the
-``events`` table is the audit log.
+``events`` table is the audit log. Events, finished operations and the other logs are
+pruned by age and count as part of writing (:mod:`gennaker.cloud.retention`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gennaker.cloud import privfiles
+from gennaker.cloud import privfiles, retention
 from gennaker.cloud.errors import IdempotencyConflict, InvalidName, InvalidRequest, NotFound, ProviderUnavailable
 from gennaker.cloud.model import (
     CloudModel,
@@ -191,6 +192,16 @@ class StateStore:
             raise
         finally:
             self._local.depth = depth
+        if depth == 0 and not getattr(self._local, "pruning", False):
+            self._prune_now_and_then()
+
+    def _prune_now_and_then(self) -> None:
+        """Apply the retention (:mod:`gennaker.cloud.retention`) after a write, at most once a minute."""
+        self._local.pruning = True  # the prune's own transaction must not prune again
+        try:
+            retention.maybe_prune(self)
+        finally:
+            self._local.pruning = False
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:

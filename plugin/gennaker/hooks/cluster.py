@@ -6,8 +6,10 @@ connection                             provider
 ``local``, no connection configured    the embedded :class:`~gennaker.cloud.local.LocalProvider`
                                        (``$GENNAKER_HOME``, region ``local``, no traffic guards)
 type ``gennaker_local``                a :class:`LocalProvider` for that account; the extra may set
-                                       ``home``, ``region`` and ``traffic_guards`` (clusters that
-                                       never lose their last serving server group)
+                                       ``home``, ``region``, ``traffic_guards`` (clusters that
+                                       never lose their last serving server group) and the capacity
+                                       limits ``max_server_group_capacity`` (default 20) and
+                                       ``max_account_instances`` (default 100)
 type ``aws`` / ``google_cloud_platform``  refused: those providers are not built yet
 anything else                          refused, naming the connection and its type
 =====================================  ==========================================================
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from gennaker.cloud.errors import InvalidRequest, NotFound
+from gennaker.cloud.limits import ACCOUNT_SETTING, GROUP_SETTING, Limits, local_limits
 
 if TYPE_CHECKING:
     from gennaker.cloud.provider import CloudProvider
@@ -132,6 +135,7 @@ class ClusterHook(BaseHook):
                 self.region or _field(extra, "region") or DEFAULT_REGION,
                 home=Path(str(home)).expanduser() if home else None,
                 guarded_clusters=_clusters(_field(extra, "traffic_guards"), self.conn_id),
+                limits=_limits(extra, self.conn_id),
             )
         if conn_type in _NOT_BUILT:
             raise AccountNotSupported(
@@ -150,6 +154,17 @@ def _field(extra: dict[str, Any], name: str) -> Any:
     if value is None or value == "":
         value = extra.get(f"extra__{CONN_TYPE}__{name}")
     return None if value == "" else value
+
+
+def _limits(extra: dict[str, Any], conn_id: str) -> Limits:
+    """``max_server_group_capacity`` / ``max_account_instances`` of the extra, else ``GENNAKER_LOCAL_MAX_*``."""
+    settings = {name: _field(extra, name) for name in (GROUP_SETTING, ACCOUNT_SETTING)}
+    try:
+        return local_limits({k: v for k, v in settings.items() if v is not None})
+    except InvalidRequest as error:
+        raise AccountNotSupported(
+            f"connection {conn_id!r}: {error.message}", hint="write a whole number of instances, e.g. 20"
+        ) from None
 
 
 def _clusters(value: Any, conn_id: str) -> list[str]:

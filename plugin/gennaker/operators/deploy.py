@@ -592,7 +592,9 @@ class DeployOperator(DeliveryOperator):
             tags={str(k): str(v) for k, v in tags.items()},
         )
         with self.cloud_call(f"create the next server group of {self.cluster}"):
-            op = self.get_provider().create_server_group(spec, self.key(context, "deploy"))
+            provider = self.get_provider()
+            provider.limits.check_group(spec.capacity, f"the next server group of {self.cluster}")
+            op = provider.create_server_group(spec, self.key(context, "deploy"))
         name = op.result.get("server_group")
         if not name:
             raise CloudStageFailed(f"creating the next server group of {self.cluster} gave no name: {op.message}")

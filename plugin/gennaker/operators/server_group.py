@@ -563,6 +563,8 @@ def start_rollback(
     restore = plan.restore
     operations: list[Operation] = []
     if plan.grows:
+        with call(f"grow {restore.name} to {_count(plan.capacity.desired)} for the rollback"):
+            provider.limits.check_group(plan.capacity, restore.name)
         log(
             "resizing %s from %s to %s, the size of %s, to take over its traffic",
             restore.name,
@@ -690,6 +692,7 @@ class ResizeServerGroupOperator(ClusterStageOperator):
             raise CloudStageFailed(f"stage {self.stage_id!r}: {error}") from error
         provider = self.get_provider()
         with self.cloud_call(f"resize {group.name} to {_count(wanted.desired)}"):
+            provider.limits.check_group(wanted, group.name)  # a runaway scalePercent stops here, whatever the cloud
             op = provider.resize_server_group(group.name, wanted, self.key(context, "resize"), region=group.region)
         name = self.acted_on(op, group.name)
         if name != group.name:

@@ -165,12 +165,16 @@ class StageBase(SpecModel):
 # --------------------------------------------------------------------------- cloud pieces
 
 
-class Capacity(SpecModel):
-    """Instance counts of a server group."""
+MAX_CAPACITY = 10_000
+"""No server group asks for more (``gennaker.cloud.limits.SANE_MAX_CAPACITY``; accounts have lower limits)."""
 
-    min: int = Field(ge=0)
-    max: int = Field(ge=0)
-    desired: int = Field(ge=0)
+
+class Capacity(SpecModel):
+    """Instance counts of a server group (at most :data:`MAX_CAPACITY`: a typo must not start a runaway)."""
+
+    min: int = Field(ge=0, le=MAX_CAPACITY)
+    max: int = Field(ge=0, le=MAX_CAPACITY)
+    desired: int = Field(ge=0, le=MAX_CAPACITY)
 
     @model_validator(mode="after")
     def _ordered(self) -> Capacity:
@@ -408,8 +412,12 @@ class ResizeServerGroupStage(ServerGroupStage):
 
     type: Literal["resizeServerGroup"]
     capacity: Capacity | None = None
-    scale_by: int | None = Field(default=None, description="add (or with a minus, remove) instances")
-    scale_percent: int | None = Field(default=None, ge=-100, description="grow or shrink by a percentage")
+    scale_by: int | None = Field(
+        default=None, ge=-MAX_CAPACITY, le=MAX_CAPACITY, description="add (or with a minus, remove) instances"
+    )
+    scale_percent: int | None = Field(
+        default=None, ge=-100, le=MAX_CAPACITY, description="grow or shrink by a percentage"
+    )
 
     @model_validator(mode="after")
     def _one(self) -> ResizeServerGroupStage:

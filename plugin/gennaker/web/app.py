@@ -64,14 +64,19 @@ _ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": m.ErrorResponse, "description": "the body is not application/json"},
 }
 
-Application = Annotated[str, Path(description="the application (first part of app-stack-detail-v000)")]
-Account = Annotated[str, Path(description="'local' or a gennaker_local connection id")]
-Region = Annotated[str, Path(description="the server group's region ('local' for the local provider)")]
-Cluster = Annotated[str, Path(description="app-stack-detail")]
-ServerGroupName = Annotated[str, Path(alias="serverGroup", description="app-stack-detail-v000")]
-InstanceId = Annotated[str, Path(alias="instanceId")]
-OperationId = Annotated[str, Path(alias="operationId")]
-Before = Annotated[int | None, Query(ge=0, description="only entries older than this (a nextBefore)")]
+# Every string a caller sends is bounded (m.MAX_NAME): a longer one is a 422 before any work or lookup.
+Application = Annotated[
+    str, Path(max_length=m.MAX_NAME, description="the application (first part of app-stack-detail-v000)")
+]
+Account = Annotated[str, Path(max_length=m.MAX_NAME, description="'local' or a gennaker_local connection id")]
+Region = Annotated[
+    str, Path(max_length=m.MAX_NAME, description="the server group's region ('local' for the local provider)")
+]
+Cluster = Annotated[str, Path(max_length=m.MAX_NAME, description="app-stack-detail")]
+ServerGroupName = Annotated[str, Path(alias="serverGroup", max_length=m.MAX_NAME, description="app-stack-detail-v000")]
+InstanceId = Annotated[str, Path(alias="instanceId", max_length=m.MAX_NAME)]
+OperationId = Annotated[str, Path(alias="operationId", max_length=m.MAX_NAME)]
+Before = Annotated[int | None, Query(ge=0, le=m.MAX_CURSOR, description="only entries older than this (a nextBefore)")]
 
 
 def get_service(request: Request) -> ClustersService:
@@ -192,8 +197,8 @@ def list_audit(
     application: Application,
     user: GetUserDep,
     service: Service,
-    cluster: Annotated[str | None, Query()] = None,
-    server_group: Annotated[str | None, Query(alias="serverGroup")] = None,
+    cluster: Annotated[str | None, Query(max_length=m.MAX_NAME)] = None,
+    server_group: Annotated[str | None, Query(alias="serverGroup", max_length=m.MAX_NAME)] = None,
     before: Before = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> m.AuditResponse:

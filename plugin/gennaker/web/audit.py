@@ -13,7 +13,8 @@ failed), ``REFUSED`` (the provider refused the request: a traffic guard, a serve
 being destroyed, ...). A rollback that was still waiting when its API server worker
 stopped reads as ``INTERRUPTED``. The entry's id is the ``run_id`` of the idempotency keys
 of the action's cloud calls (``ui/<id>/<action>/<purpose>``), which is how the cluster
-history names the user behind a change.
+history names the user behind a change. Entries older than 30 days, or beyond the newest
+100,000, are pruned as the store writes (:mod:`gennaker.cloud.retention`).
 """
 
 from __future__ import annotations

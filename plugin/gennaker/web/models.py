@@ -18,6 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from typing_extensions import Self
 
+MAX_NAME = 255
+"""The longest name (application, account, region, cluster, server group, instance or operation id) a caller sends."""
+MAX_REASON = 500
+"""The longest reason an action's body may give (it goes into the audit trail)."""
+MAX_CAPACITY = 10_000
+"""The most instances a request may name (``gennaker.cloud.limits.SANE_MAX_CAPACITY``; accounts allow fewer)."""
+MAX_CURSOR = 2**62
+"""The largest ``before`` cursor (SQLite integers are 64-bit)."""
+
 HealthState = Literal["Up", "Down", "Starting", "OutOfService", "Unknown"]
 AuditStatus = Literal["RUNNING", "SUCCEEDED", "FAILED", "REFUSED", "FORBIDDEN", "INTERRUPTED"]
 ActionName = Literal["resize", "enable", "disable", "destroy", "rollback", "terminateInstance"]
@@ -45,11 +54,11 @@ class Permissions(ApiModel):
 
 
 class CapacityView(ApiModel):
-    """Instance counts of a server group: ``0 <= min <= desired <= max``."""
+    """Instance counts of a server group: ``0 <= min <= desired <= max <= 10000`` (the account may allow fewer)."""
 
-    min: int = Field(ge=0)
-    max: int = Field(ge=0)
-    desired: int = Field(ge=0)
+    min: int = Field(ge=0, le=MAX_CAPACITY)
+    max: int = Field(ge=0, le=MAX_CAPACITY)
+    desired: int = Field(ge=0, le=MAX_CAPACITY)
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -396,7 +405,7 @@ class ErrorResponse(ApiModel):
 class ActionRequest(ApiModel):
     """The body every action takes (``{}`` is enough); ``reason`` goes into the audit trail."""
 
-    reason: str = Field(default="", max_length=500)
+    reason: str = Field(default="", max_length=MAX_REASON)
 
 
 class ResizeRequest(ActionRequest):
@@ -414,8 +423,8 @@ class TerminateRequest(ActionRequest):
 class RollbackRequest(ActionRequest):
     """``POST .../clusters/{account}/{cluster}/rollback``: the rollback stage's semantics."""
 
-    region: str | None = Field(default=None, description="the account's region when null")
-    target: str = Field(default="previous", description="previous | oldest | a server group name")
+    region: str | None = Field(default=None, max_length=MAX_NAME, description="the account's region when null")
+    target: str = Field(default="previous", max_length=MAX_NAME, description="previous | oldest | a server group name")
     target_healthy_percentage: int = Field(default=100, ge=1, le=100)
     timeout_seconds: int = Field(
         default=600, ge=1, le=3600, description="how long to wait for the restored group to be healthy"
@@ -423,6 +432,10 @@ class RollbackRequest(ActionRequest):
 
 
 __all__ = [
+    "MAX_CAPACITY",
+    "MAX_CURSOR",
+    "MAX_NAME",
+    "MAX_REASON",
     "AccountError",
     "ActionRequest",
     "ActionResponse",
