@@ -890,6 +890,24 @@ class Concurrency(SpecModel):
     )
 
 
+def _allow_rule(value: str) -> str:
+    from gennaker.artifact_refs import parse_rule
+
+    parse_rule(value)  # a ValueError becomes this entry's file:line error
+    return value
+
+
+class ArtifactPolicy(SpecModel):
+    """Where a bake may read artifacts from besides the artifact folder (see gennaker.artifact_refs)."""
+
+    allow: list[Annotated[str, AfterValidator(_allow_rule)]] = Field(
+        default_factory=list,
+        description="URL prefixes a bake's artifact may come from, e.g. https://artifacts.example.com/builds/ "
+        "(same scheme, host and port; a path under it) or file:///srv/builds/ (absolute paths under it); "
+        "without one, only relative paths inside $GENNAKER_ARTIFACTS",
+    )
+
+
 class Pipeline(SpecModel):
     """One pipeline = one Airflow DAG, ``dag_id = <application>.<name>``."""
 
@@ -907,6 +925,9 @@ class Pipeline(SpecModel):
     )
     concurrency: Concurrency = Field(default_factory=Concurrency)
     notifications: list[Notification] = Field(default_factory=list, description="on pipeline events")
+    artifacts: ArtifactPolicy = Field(
+        default_factory=ArtifactPolicy, description="where bakes may read artifacts from (untrusted references)"
+    )
     stages: list[Stage] = Field(min_length=1, description="the stages; each a task, wired by dependsOn")
 
     @property
@@ -934,24 +955,3 @@ class Pipeline(SpecModel):
 
 # Fields of the spec that are not pipeline fields: used by templates and defaults.
 TEMPLATE_KEYS = ("template", "variables")
-def _allow_rule(value: str) -> str:
-    from gennaker.artifact_refs import parse_rule
-
-    parse_rule(value)  # a ValueError becomes this entry's file:line error
-    return value
-
-
-class ArtifactPolicy(SpecModel):
-    """Where a bake may read artifacts from besides the artifact folder (see gennaker.artifact_refs)."""
-
-    allow: list[Annotated[str, AfterValidator(_allow_rule)]] = Field(
-        default_factory=list,
-        description="URL prefixes a bake's artifact may come from, e.g. https://artifacts.example.com/builds/ "
-        "(same scheme, host and port; a path under it) or file:///srv/builds/ (absolute paths under it); "
-        "without one, only relative paths inside $GENNAKER_ARTIFACTS",
-    )
-
-
-    artifacts: ArtifactPolicy = Field(
-        default_factory=ArtifactPolicy, description="where bakes may read artifacts from (untrusted references)"
-    )
