@@ -29,7 +29,9 @@ state-changing request (``POST``, ``PUT``, ``PATCH``, ``DELETE``)
 - whose body is not ``application/json`` (415): an HTML form cannot send that type
   cross-site without a CORS preflight, which nothing here grants;
 - that carries the session cookie ``_token`` but no ``Authorization`` header, and whose
-  ``Origin`` (else ``Referer``) is missing or is not this server's own origin (403).
+  ``Origin`` (else ``Referer``) is missing or is not this server's own origin (403). The
+  cookies are read as Starlette reads them for Airflow (every ``Cookie`` header, Starlette's
+  parser), so the guard sees the cookie whenever Airflow would authenticate with it.
 
 A request with neither cookie nor bearer token goes on, to be answered 401 by the route.
 
@@ -47,6 +49,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 READ = "GET"
@@ -174,7 +178,7 @@ def _origin(url: str) -> str | None:
     return f"{parts.scheme}://{parts.hostname.lower()}:{port}"
 
 
-def own_origins(scope: Scope, headers: Mapping[str, str]) -> set[str]:
+def own_origins(scope: Scope, headers: Mapping[str, str] | Headers) -> set[str]:
     """The origins this server answers as: its ``Host`` header, and ``[api] base_url``."""
     found: set[str] = set()
     scheme = str(scope.get("scheme") or "http")
@@ -196,13 +200,25 @@ def own_origins(scope: Scope, headers: Mapping[str, str]) -> set[str]:
     return found
 
 
+def session_cookies(headers: Headers) -> dict[str, str]:
+    """The request's cookies exactly as Starlette's ``Request.cookies`` (and so Airflow's ``get_user``) reads them.
+
+    Every ``Cookie`` header counts, parsed by Starlette's own parser: a guard that read only
+    one header, or parsed differently, could miss the session cookie that Airflow then uses.
+    """
+    cookies: dict[str, str] = {}
+    for header in headers.getlist("cookie"):
+        cookies.update(cookie_parser(header))
+    return cookies
+
+
 def cross_site_refusal(scope: Scope) -> tuple[int, str] | None:
     """Why a state-changing request is refused (status, detail), or None if it may go on."""
     if scope.get("type") != "http" or scope.get("method") not in UNSAFE_METHODS:
         return None
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+    headers = Headers(scope=scope)
     bearer = headers.get("authorization", "").lower().startswith("bearer ")
-    cookie = f"{SESSION_COOKIE}=" in headers.get("cookie", "")
+    cookie = SESSION_COOKIE in session_cookies(headers)
     if not bearer and not cookie:
         return None  # no credentials at all: the route answers 401
     media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
