@@ -59,8 +59,8 @@ class GennakerNotifier(BaseNotifier):
             elif self.kind == "email":
                 from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-                subject, body = email_content(summary)
-                SmtpNotifier(to=self.to, subject=subject, html_content=body).notify(context)
+                subject, html_body = email_content(summary)
+                SmtpNotifier(to=self.to, subject=subject, html_content=html_body).notify(context)
         except Exception:
             log.exception("gennaker: could not send %s notification for %s", self.kind, summary)
 
