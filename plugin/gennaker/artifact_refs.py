@@ -99,7 +99,11 @@ def check_reference(reference: str, allow: Sequence[str], artifacts_root: Path) 
     text = reference.strip()
     rules = [parse_rule(rule) for rule in allow]
     shown = redact_url(text)
-    parts = urllib.parse.urlsplit(text)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as error:
+        raise ArtifactRefused(f"artifact {shown!r} is not a valid URL: {error}") from None
     scheme = parts.scheme.lower()
     if scheme in URL_SCHEMES:
         if _has_dot_segments(parts.path):

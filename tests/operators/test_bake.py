@@ -78,6 +78,8 @@ def arts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         ("https://artifacts.example.com/builds/../admin/x-1.0.whl", "'.' or '..' segments"),
         ("http://127.0.0.2:8700/x-1.0.whl", "not allowed"),
         ("ftp://artifacts.example.com/builds/x-1.0.whl", "scheme 'ftp' is not supported"),
+        ("http://127.0.0.1:87OO/x-1.0.whl", "is not a valid URL"),
+        ("https://[::1/x-1.0.whl", "is not a valid URL"),
     ],
 )
 def test_references_that_leave_where_they_belong_are_refused(arts: Path, reference: str, says: str) -> None:
