@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from gennaker.cloud.errors import (
@@ -44,7 +45,6 @@ from gennaker.operators.server_group import (
     DEFAULT_WAIT,
     DYNAMIC_TARGETS,
     RollbackPlan,
-    finish_rollback,
     live_groups,
     new_capacity,
     pick_target,
@@ -53,11 +53,14 @@ from gennaker.operators.server_group import (
 )
 from gennaker.web import models as m
 from gennaker.web import views
-from gennaker.web.audit import UI_DAG_ID, AuditLog, new_action_id
+from gennaker.web.actionlock import ActionLocks, ClusterLocked
+from gennaker.web.audit import FINAL, UI_DAG_ID, AuditLog, new_action_id
+from gennaker.web.refusals import refused_entry
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
+LEASE_MARGIN = 60.0
 
 
 def status_for(error: CloudError) -> int:
@@ -124,12 +127,22 @@ class ActionRunner:
         poll_interval: float = POLL_INTERVAL,
         follow_timeout: float = DEFAULT_WAIT.total_seconds(),
         spawn: Callable[[Callable[[], None]], None] | None = None,
+        locks: ActionLocks | None = None,
     ) -> None:
         self.audit = audit
+        self.locks = locks or ActionLocks()
         self.changed = changed
         self.poll_interval = poll_interval
         self.follow_timeout = follow_timeout
         self._spawn = spawn or _thread
+
+    def finish(self, action_id: str, **changes: Any) -> m.AuditEntry:
+        """Record how an action went on or ended; once it has ended, give its cluster's lock back."""
+        try:
+            return self.audit().finish(action_id, **changes)
+        finally:
+            if changes.get("status") in FINAL:
+                self.locks.release(action_id)
 
     # ------------------------------------------------------------------ the actions
 
@@ -236,14 +249,16 @@ class ActionRunner:
         def then(entry: m.AuditEntry, operations: list[Operation], key: Callable[[str], IdempotencyKey]) -> None:
             plan = plans[0]
             waiting = ", ".join(plan.newer) or "nothing (no newer group is enabled)"
-            entry = self.audit().finish(
+            entry = self.finish(
                 entry.id,
                 server_group=plan.restore.name,
                 message=f"enabled {plan.restore.name}; waiting until it is healthy before disabling {waiting}",
             )
-            waiter = _RollbackWait(self, provider, entry, plan, region, request, key)
+            from gennaker.web.rollback_wait import RollbackWait
+
+            waiter = RollbackWait(self, provider, entry, plan, region, request, key)
             if not waiter.step(operations, time.monotonic() + request.timeout_seconds, first=True):
-                self._spawn(waiter.run)
+                self._background(entry.id, waiter.run)
 
         return self._act(user, "rollback", provider, target, parameters, request.reason, run, then=then)
 
@@ -252,10 +267,24 @@ class ActionRunner:
     def forbidden(
         self, user: str, action: m.ActionName, target: Target, parameters: dict[str, Any], reason: str
     ) -> None:
-        """Record an attempt the caller was not allowed to make."""
-        entry = self._entry(user, action, target, parameters, reason, status="FORBIDDEN", http_status=403)
-        message = f"{user} may not act on application {target.application}"
-        self.audit().start(entry.model_copy(update={"message": message, "finished_at": entry.at}))
+        """Record an attempt the caller was not allowed to make (without what they sent: see :mod:`.refusals`)."""
+        self.refused(user, action, target, "FORBIDDEN", 403, f"{user} may not act on application {target.application}")
+
+    def refused(
+        self, user: str, action: m.ActionName, target: Target, status: m.AuditStatus, http_status: int, message: str
+    ) -> None:
+        """Record an attempt refused before it started: bounded target, no parameters, no reason."""
+        fields = {k: getattr(target, k) for k in ("application", "account", "region", "cluster", "server_group")}
+        entry = refused_entry(
+            user,
+            action,
+            **fields,
+            instance_id=target.instance_id,
+            status=status,
+            http_status=http_status,
+            message=message,
+        )
+        self.audit().start(entry)
 
     def _entry(
         self,
@@ -304,7 +333,13 @@ class ActionRunner:
         then: Callable[[m.AuditEntry, list[Operation], Callable[[str], IdempotencyKey]], None] | None = None,
     ) -> m.ActionResponse:
         audit = self.audit()
-        entry = audit.start(self._entry(user, action, target, parameters, reason))
+        entry = self._entry(user, action, target, parameters, reason)
+        self._lock(entry, target, provider, parameters)
+        try:
+            entry = audit.start(entry)
+        except BaseException:
+            self.locks.release(entry.id)
+            raise
 
         def key(purpose: str) -> IdempotencyKey:
             return IdempotencyKey(UI_DAG_ID, entry.id, action, purpose)
@@ -313,32 +348,65 @@ class ActionRunner:
             operations = run(key)
         except CloudError as error:
             code = status_for(error)
-            audit.finish(
+            self.finish(
                 entry.id,
                 status="FAILED" if code >= 500 else "REFUSED",
                 http_status=code,
                 message=str(error),
             )
             raise
-        except Exception as error:  # a bug or a lost database: the entry must not stay RUNNING
-            audit.finish(entry.id, status="FAILED", http_status=500, message=f"internal error: {error!r}")
+        except BaseException as error:  # a bug or a lost database: the entry must not stay RUNNING
+            self.finish(entry.id, status="FAILED", http_status=500, message=f"internal error: {error!r}")
             raise
         finally:
             self.changed(target.account)
-        entry = audit.finish(entry.id, operation_ids=[op.id for op in operations], message=_words(operations))
-        if then is not None:
-            then(entry, operations, key)
-        elif all(op.done for op in operations):
-            self.conclude(entry.id, target.account, operations)
-        else:
-            self._spawn(lambda: self.follow(provider, entry.id, target.account, operations))
+        try:
+            entry = self.finish(entry.id, operation_ids=[op.id for op in operations], message=_words(operations))
+            if then is not None:
+                then(entry, operations, key)
+            elif all(op.done for op in operations):
+                self.conclude(entry.id, target.account, operations)
+            else:
+                self._background(entry.id, lambda: self.follow(provider, entry.id, target.account, operations))
+        except BaseException:  # nothing follows the action up: its lock must not wait for the lease
+            self.locks.release(entry.id)
+            raise
         entry = audit.get(entry.id)
         return m.ActionResponse(action=entry, operations=[views.operation(op) for op in operations])
+
+    def _background(self, action_id: str, work: Callable[[], None]) -> None:
+        """Run the rest of an action in the background; its cluster's lock is given back when that ends, however."""
+
+        def run() -> None:
+            try:
+                work()
+            except Exception as error:  # a bug or a lost database: the entry must not stay RUNNING
+                log.exception("action %s: following it failed", action_id)
+                self.finish(action_id, status="FAILED", message=f"following the action failed: {error}")
+            finally:
+                self.locks.release(action_id)
+
+        self._spawn(run)
+
+    def _lock(self, entry: m.AuditEntry, target: Target, provider: CloudProvider, parameters: dict[str, Any]) -> None:
+        """Take the cluster's lock for the action, or record the refusal and raise :class:`ClusterLocked` (409)."""
+        if entry.cluster is None:
+            return  # not a name of a cluster's group: the provider answers NotFound
+        # The lease outlives the longest the action may run (a rollback's wait, then following its disables),
+        # so only a worker that died mid-action leaves the lock to expire.
+        seconds = self.follow_timeout + float(parameters.get("timeoutSeconds") or 0) + LEASE_MARGIN
+        region = target.region or provider.region
+        lease, note = timedelta(seconds=seconds), f"{entry.action} on the Clusters page"
+        try:
+            self.locks.take(entry.id, entry.user, target.account, region, entry.cluster, lease, note)
+        except ClusterLocked as error:
+            self.refused(entry.user, entry.action, target, "REFUSED", 409, error.detail)
+            raise
 
     def conclude(self, action_id: str, account: str, operations: Sequence[Operation], message: str = "") -> None:
         """Record the end of an action whose operations have all ended."""
         failed = [op for op in operations if not op.succeeded]
-        self.audit().finish(
+        self.finish(
             action_id,
             status="FAILED" if failed else "SUCCEEDED",
             http_status=202,
@@ -367,110 +435,10 @@ class ActionRunner:
                 self.conclude(action_id, account, ops, message)
                 return
             if time.monotonic() >= deadline:
-                self.audit().finish(
-                    action_id, status="FAILED", message=f"gave up waiting for the operations: {_words(ops)}"
-                )
+                self.finish(action_id, status="FAILED", message=f"gave up waiting for the operations: {_words(ops)}")
                 self.changed(account)
                 return
             time.sleep(self.poll_interval)
-
-
-class _RollbackWait:
-    """The part of a rollback that waits: the restored group healthy, then the newer ones disabled."""
-
-    def __init__(
-        self,
-        runner: ActionRunner,
-        provider: CloudProvider,
-        entry: m.AuditEntry,
-        plan: RollbackPlan,
-        region: str,
-        request: m.RollbackRequest,
-        key: Callable[[str], IdempotencyKey],
-    ) -> None:
-        self.runner = runner
-        self.provider = provider
-        self.entry = entry
-        self.plan = plan
-        self.region = region
-        self.request = request
-        self.key = key
-        self.operations: list[Operation] = []
-
-    def run(self) -> None:
-        deadline = time.monotonic() + self.request.timeout_seconds
-        try:
-            while not self.step(self.operations, deadline):
-                time.sleep(self.runner.poll_interval)
-        except Exception as error:  # a bug or a lost database: say so in the audit trail, not only in the log
-            log.exception("rollback %s failed", self.entry.id)
-            self._stop(f"rollback stopped: {error}")
-
-    def step(self, operations: list[Operation], deadline: float, *, first: bool = False) -> bool:
-        """One look at the restored group; True once the rollback has ended (one way or another)."""
-        from gennaker.triggers.server_group import measure_health
-
-        plan, restore = self.plan, self.plan.restore
-        try:
-            self.operations = refresh(self.provider, operations)
-            failed = [op for op in self.operations if op.done and not op.succeeded]
-            if failed:
-                self._stop("; ".join(f"{op.kind} failed: {op.message}" for op in failed))
-                return True
-            pending = [op for op in self.operations if not op.done]
-            instances = self.provider.instances(restore.name, region=restore.region)
-        except CloudError as error:
-            if first:
-                return False
-            log.warning("rollback %s: checking %s failed: %s", self.entry.id, restore.name, error)
-            return time.monotonic() >= deadline and self._stop(f"checking {restore.name} failed: {error}")
-        health = measure_health(
-            restore.name,
-            instances,
-            plan.capacity.desired,
-            self.request.target_healthy_percentage,
-            pending[0] if pending else None,
-        )
-        if not health.healthy:
-            if time.monotonic() >= deadline:
-                return self._stop(health.message)
-            return False
-        self._finish(health.message)
-        return True
-
-    def _stop(self, why: str) -> bool:
-        still = ", ".join(self.plan.newer) or "the newer server groups"
-        self.runner.audit().finish(
-            self.entry.id,
-            status="FAILED",
-            message=f"rollback stopped, nothing was disabled ({still} still take traffic; {self.plan.restore.name} "
-            f"is enabled but not healthy): {why}",
-        )
-        self.runner.changed(self.entry.account)
-        return True
-
-    def _finish(self, healthy: str) -> None:
-        plan = self.plan
-        audit = self.runner.audit()
-        try:
-            disables = finish_rollback(self.provider, plan.restore.name, plan.newer, self.region, self.key)
-        except CloudError as error:
-            audit.finish(
-                self.entry.id,
-                status="FAILED" if status_for(error) >= 500 else "REFUSED",
-                http_status=status_for(error),
-                message=f"{healthy}; but disabling the newer groups was refused: {error}",
-            )
-            self.runner.changed(self.entry.account)
-            return
-        ids = [op.id for op in self.operations] + [op.id for op in disables]
-        audit.finish(self.entry.id, operation_ids=ids, message=f"{healthy}; disabling {', '.join(plan.newer)}")
-        done = f"rolled back {plan.restore.cluster} from {plan.newest.name} to {plan.restore.name}"
-        everything = [*self.operations, *disables]
-        if all(op.done for op in everything):
-            self.runner.conclude(self.entry.id, self.entry.account, everything, done)
-        else:
-            self.runner.follow(self.provider, self.entry.id, self.entry.account, everything, done)
 
 
 def refresh(provider: CloudProvider, operations: Sequence[Operation]) -> list[Operation]:

@@ -53,6 +53,20 @@ def clusters_page_url(output: Any) -> str:
     return f"plugin/{CLUSTERS_ROUTE}?{urlencode(query)}"
 
 
+def run_page_url(dag_id: str, run_id: str) -> str:
+    """A DAG run's page in the Airflow UI: under ``[api] base_url`` when set, else from the server's root."""
+    from urllib.parse import quote
+
+    base = ""
+    try:
+        from airflow.configuration import conf
+
+        base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    except Exception:  # no Airflow configuration (a unit test): a path from the root still works
+        base = ""
+    return f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
 class ServerGroupLink(BaseOperatorLink):
     """The link named "Server group": the task's server group on the Clusters page."""
 
@@ -65,4 +79,4 @@ class ServerGroupLink(BaseOperatorLink):
         return clusters_page_url(XCom.get_value(ti_key=ti_key, key="return_value"))
 
 
-__all__ = ["CLUSTERS_ROUTE", "ServerGroupLink", "clusters_page_url"]
+__all__ = ["CLUSTERS_ROUTE", "ServerGroupLink", "clusters_page_url", "run_page_url"]
