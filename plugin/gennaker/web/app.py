@@ -28,7 +28,9 @@ the API server asks for its FastAPI apps.
 
 from __future__ import annotations
 
+import logging
 import pathlib
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,16 +38,24 @@ from typing import Annotated, Any
 
 from airflow.api_fastapi.core_api.security import GetUserDep
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from gennaker import __version__
 from gennaker.canary.report import canary_report_router
 from gennaker.cloud.errors import CloudError
 from gennaker.web import models as m
+from gennaker.web.actionlock import ClusterLocked
 from gennaker.web.actions import Target, status_for
-from gennaker.web.auth import CrossSiteGuard
+from gennaker.web.auth import CrossSiteGuard, user_name
+from gennaker.web.home import LocalStateUnavailable, check_home, unavailable_from
+from gennaker.web.refusals import ACTION_ROUTES
 from gennaker.web.service import ClustersService, Forbidden, Settings, Unsupported
+
+log = logging.getLogger(__name__)
 
 URL_PREFIX = "/gennaker"
 STATIC_DIR = pathlib.Path(__file__).with_name("static")
@@ -60,7 +70,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     400: {"model": m.ErrorResponse, "description": "the provider refused the request as written"},
-    409: {"model": m.ErrorResponse, "description": "a traffic guard (or another conflict) refused the action"},
+    409: {
+        "model": m.ErrorResponse,
+        "description": "a traffic guard, a pipeline holding the cluster's lock (ClusterLocked), or another conflict",
+    },
     415: {"model": m.ErrorResponse, "description": "the body is not application/json"},
 }
 
@@ -79,8 +92,15 @@ OperationId = Annotated[str, Path(alias="operationId", max_length=m.MAX_NAME)]
 Before = Annotated[int | None, Query(ge=0, le=m.MAX_CURSOR, description="only entries older than this (a nextBefore)")]
 
 
-def get_service(request: Request) -> ClustersService:
-    """The worker's :class:`ClustersService` (built on first use)."""
+def get_service(request: Request, user: GetUserDep) -> ClustersService:
+    """The worker's :class:`ClustersService` (built on first use), once the caller is known and the home usable.
+
+    Every API route depends on it, so a broken ``$GENNAKER_HOME`` answers every route 503
+    (:func:`gennaker.web.home.check_home`) to an authenticated caller, and the caller is kept
+    for the audit row of a request that then fails validation (:func:`_invalid`).
+    """
+    request.state.gennaker_user = user
+    check_home()
     state = request.app.state
     service = getattr(state, "service", None)
     if service is None:
@@ -345,6 +365,44 @@ def _unsupported(request: Request, error: Exception) -> JSONResponse:
     return _error(501, str(error), "Unsupported")
 
 
+def _locked(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ClusterLocked)
+    return _error(409, error.detail, "ClusterLocked", error.hint)
+
+
+def _unavailable(request: Request, error: Exception) -> JSONResponse:
+    if not isinstance(error, LocalStateUnavailable):  # an SQLite or file error in a route: no path in the answer
+        error = unavailable_from(error)
+    response = _error(503, error.detail, "LocalStateUnavailable", error.hint)
+    response.headers["Retry-After"] = "30"
+    return response
+
+
+async def _invalid(request: Request, error: Exception) -> Response:
+    """FastAPI's 422, and for an action an audit row of the refused attempt (without what was sent)."""
+    assert isinstance(error, RequestValidationError)
+    action = ACTION_ROUTES.get(getattr(request.scope.get("route"), "name", ""))
+    user = getattr(request.state, "gennaker_user", None)
+    service = getattr(request.app.state, "service", None)
+    if action is not None and user is not None and isinstance(service, ClustersService):
+        params = request.path_params
+        target = Target(
+            application=str(params.get("application", "")),
+            account=str(params.get("account", "")),
+            region=params.get("region"),
+            cluster=params.get("cluster"),
+            server_group=params.get("serverGroup"),
+            instance_id=params.get("instanceId"),
+        )
+        kinds = sorted({str(e.get("type", "invalid")) for e in error.errors()})[:5]  # error kinds, not the values
+        message = f"the request does not validate ({', '.join(kinds)})"
+        try:
+            await run_in_threadpool(service.runner.refused, user_name(user), action, target, "REFUSED", 422, message)
+        except Exception:  # the 422 must still reach the caller
+            log.exception("recording a refused %s failed", action)
+    return await request_validation_exception_handler(request, error)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
@@ -361,6 +419,10 @@ def create_app(service: ClustersService | None = None) -> FastAPI:
         description="Applications, clusters, server groups, instances, load balancers and firewalls of gennaker's "
         "cloud accounts, and actions on them, guarded by Airflow's auth manager. See docs/clusters-api.md.",
         lifespan=_lifespan,
+        # FastAPI's /docs and /redoc pages load Swagger UI and ReDoc from a CDN (cdn.jsdelivr.net), and neither
+        # FastAPI nor Airflow ships those assets: no third-party script here, so no pages. /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     if service is not None:
         app.state.service = service
@@ -370,6 +432,11 @@ def create_app(service: ClustersService | None = None) -> FastAPI:
     app.add_exception_handler(CloudError, _cloud_error)
     app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(Unsupported, _unsupported)
+    app.add_exception_handler(ClusterLocked, _locked)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    # The state files' errors (not every OSError: a provider's refused connection is no broken home).
+    for unusable in (LocalStateUnavailable, sqlite3.Error, PermissionError, FileNotFoundError, NotADirectoryError):
+        app.add_exception_handler(unusable, _unavailable)
     app.add_middleware(CrossSiteGuard)
     return app
 

@@ -129,7 +129,9 @@ class ClustersService:
                 errors.append(m.AccountError(account=name, status=status_for(error), detail=str(error)))
             except Exception as error:  # one broken account must not hide the others
                 log.exception("reading account %s failed", name)
-                errors.append(m.AccountError(account=name, status=500, detail=f"reading the account failed: {error}"))
+                # The error's text may name server paths: only its kind goes to the caller (the log has the rest).
+                detail = f"reading the account failed ({type(error).__name__}); the API server's log has the details"
+                errors.append(m.AccountError(account=name, status=500, detail=detail))
         return snapshots, errors
 
     def _snapshot(self, account: str) -> AccountSnapshot:
@@ -339,16 +341,27 @@ class ClustersService:
         return provider.operation(operation_id)
 
     def operation(self, user: Any, application: str, account: str, operation_id: str) -> m.OperationView:
-        """``GET .../operations/{account}/{operationId}``: poll an operation of the application's server groups."""
-        self.require_read(user, application)
-        provider = self.accounts.provider(account)
-        op = provider.operation(operation_id)
-        group = op.request.get("server_group") or op.result.get("server_group")
+        """``GET .../operations/{account}/{operationId}``: poll an operation of the application's server groups.
+
+        The operation is first read as recorded, and must be of the application in the URL
+        before anything advances it (the local provider's ``operation`` moves it on); only a
+        caller who may act on the application advances it, a reader sees it as recorded.
+        """
+        permissions = self.require_read(user, application)
+        self.accounts.get(account)  # NotFound for an account that is not gennaker's
+        not_found = NotFound(f"operation {operation_id} not found for application {application}", hint="")
+        try:
+            recorded = self._recorded_operation(account, operation_id)
+        except NotFound:
+            raise not_found from None
+        group = recorded.request.get("server_group") or recorded.result.get("server_group")
         try:
             group_of(application, str(group or ""))
         except NotFound:
-            raise NotFound(f"operation {operation_id} not found for application {application}", hint="") from None
-        return views.operation(op)
+            raise not_found from None
+        if recorded.done or not permissions.edit:
+            return views.operation(recorded)
+        return views.operation(self.accounts.provider(account).operation(operation_id))
 
     # ------------------------------------------------------------------ actions
 
