@@ -424,12 +424,16 @@ def canary_report_router(reader: Reader | None = None) -> Any:
 
 
 def _may_read(user: Any, dag_id: str) -> bool:
+    """Airflow's own check of ``GET`` on the DAG's XComs (``requires_access_dag``), the DAG's team included."""
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+    from airflow.models.dag import DagModel
 
+    # As airflow.api_fastapi.core_api.security.requires_access_dag: a multi-team auth manager decides by the team.
+    details = DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id))
     return bool(
         get_auth_manager().is_authorized_dag(
-            method="GET", access_entity=DagAccessEntity.XCOM, details=DagDetails(id=dag_id), user=user
+            method="GET", access_entity=DagAccessEntity.XCOM, details=details, user=user
         )
     )
 
