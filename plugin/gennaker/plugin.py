@@ -25,7 +25,7 @@ from gennaker import __version__
 from gennaker.web.links import CLUSTERS_ROUTE, ServerGroupLink
 
 CLUSTERS_API_PREFIX = "/gennaker"
-"""Where the Clusters API is mounted: ``/gennaker/api/...``, ``/gennaker/openapi.json``, ``/gennaker/docs``."""
+"""Where the Clusters API is mounted: ``/gennaker/api/...`` and ``/gennaker/openapi.json`` (no docs pages)."""
 
 
 class _ClustersApi:

@@ -303,8 +303,8 @@ def test_openapi_is_served_and_matches_the_responses(api: Api, service: Any) -> 
     refused = api.post("/applications/spec/serverGroups/local/local/spec-s0-v000/disable", user="viewer")
     api.conforms(f"{base}/serverGroups/{{account}}/{{region}}/{{serverGroup}}/disable", "POST", 403, refused.json())
     api.conforms(f"{base}/audit", "GET", 200, api.ok("/applications/spec/audit"))
-    docs = api.client.get("/gennaker/docs")
-    assert docs.status_code == 200 and "/gennaker/openapi.json" in docs.text
+    # No Swagger UI page: FastAPI's loads its script from a CDN (test_clusters_api_hardening.py).
+    assert api.client.get("/gennaker/docs").status_code == 404
 
 
 # --------------------------------------------------------------------------- reading starts nothing
