@@ -46,7 +46,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gennaker.cloud import local_images, local_proxy, local_supervisor
+from gennaker.cloud import local_images, local_proxy, local_supervisor, local_watchdog
 from gennaker.cloud.errors import (
     CloudError,
     InvalidRequest,
@@ -74,8 +74,8 @@ from gennaker.cloud.model import (
 from gennaker.cloud.naming import cluster_name, parse_server_group_name
 from gennaker.cloud.provider import CloudProvider, IdempotencyKey
 from gennaker.cloud.state import StateStore, gennaker_home
-
 from gennaker.redact import redact_url
+
 log = logging.getLogger(__name__)
 
 # Series the local metric source offers (per second, from the load balancers' proxies).
@@ -197,14 +197,23 @@ class LocalProvider(CloudProvider):
         return self._finish(op, OperationStatus.SUCCEEDED, f"created {name}", {"server_group": name})
 
     def get_server_group(self, name: str, *, region: str | None = None) -> ServerGroup:
-        return self.store.get_server_group(self.account, region or self.region, name)
+        return self.observe(self.store.get_server_group(self.account, region or self.region, name))
 
     def list_server_groups(
         self, application: str, *, cluster: str | None = None, region: str | None = None
     ) -> list[ServerGroup]:
-        return self.store.list_server_groups(
+        groups = self.store.list_server_groups(
             account=self.account, region=region or self.region, application=application, cluster=cluster
         )
+        return [self.observe(group) for group in groups]
+
+    def observe(self, group: ServerGroup) -> ServerGroup:
+        """The group's rows as they can be believed now (see :func:`local_watchdog.observe`).
+
+        An instance whose process has ended reads Down; while the group's supervisor has not
+        been heard from (its heartbeat is stale), the others read Unknown, saying why.
+        """
+        return local_watchdog.observe(self.home, group)
 
     def resize_server_group(
         self, name: str, capacity: Capacity, key: IdempotencyKey, *, region: str | None = None
@@ -313,7 +322,7 @@ class LocalProvider(CloudProvider):
         region = region or self.region
         group = self.get_server_group(server_group, region=region)
         self._run_group(region, group.name)
-        return list(self.store.list_instances(account=self.account, region=region, server_group=server_group))
+        return list(self.get_server_group(server_group, region=region).instances)
 
     def terminate_instance(
         self,
@@ -686,9 +695,10 @@ class LocalProvider(CloudProvider):
         cluster = parse_server_group_name(group.name).cluster
         if cluster not in self.guarded_clusters or not group.enabled:
             return
+        groups = self.store.list_server_groups(account=self.account, region=group.region, cluster=cluster)
         others = [
             g.name
-            for g in self.store.list_server_groups(account=self.account, region=group.region, cluster=cluster)
+            for g in map(self.observe, groups)  # a silent supervisor's Up rows do not count
             if g.name != group.name
             and g.enabled
             and not g.tags.get(DESTROYING_TAG)

@@ -26,7 +26,10 @@ normally through :func:`ensure_running` (idempotent; detached; log in
   (draining), and only new ones follow the new table. When the connection to the chosen
   instance fails (refused: it just went away) the request is sent to another instance,
   at most :data:`MAX_ATTEMPTS` in all, and that instance is passed over for
-  :data:`EJECT_SECONDS`. A request is re-sent only if its body was buffered (every body
+  :data:`EJECT_SECONDS`. An Up instance whose recorded process has ended (the supervisor's
+  record of it: ``/proc/<pid>`` and its start time, checked at every refresh) gets nothing
+  more, even while its row says Up, until its supervisor reports it Up again. A request is
+  re-sent only if its body was buffered (every body
   up to :data:`MAX_BUFFERED_BODY`; there is none for GET/HEAD/OPTIONS), and, once it
   reached an instance that then failed before answering, only for idempotent methods
   (GET, HEAD, OPTIONS, PUT, DELETE, TRACE). Nothing to route to is a ``503`` with a plain
@@ -54,6 +57,8 @@ normally through :func:`ensure_running` (idempotent; detached; log in
   one tried). Requests refused before a group was chosen (403, 503) are not counted.
   Rows are pruned by :mod:`gennaker.cloud.retention` (older than 2 days by default, and a
   deleted load balancer's at once), with or without a proxy running;
+- runs a watchdog thread that restarts the dead supervisors of the groups it serves
+  (:mod:`local_watchdog`; never one stopped with ``stop()`` or of a group being destroyed);
 - exits cleanly on SIGTERM or SIGINT: stops accepting, lets in-flight requests finish
   (at most ``--drain-timeout`` seconds), flushes metrics, exits 0. It exits the same
   way by itself when its load balancer is deleted from the store.
@@ -113,6 +118,7 @@ from typing import Any, cast
 
 from gennaker.cloud import logfiles, privfiles, procenv, retention
 from gennaker.cloud.errors import CloudError, InvalidRequest, NotFound, ProviderUnavailable
+from gennaker.cloud.local_supervisor import SupervisorPaths, process_ended
 from gennaker.cloud.model import Firewall, Health, Instance, LoadBalancer, ServerGroup
 from gennaker.cloud.naming import parse_server_group_name
 from gennaker.cloud.state import StateStore, gennaker_home
@@ -485,13 +491,19 @@ class RoutingTable:
         groups: Sequence[ServerGroup],
         firewalls: Mapping[str, Firewall],
         previous: RoutingTable | None = None,
+        *,
+        ended: frozenset[str] = frozenset(),
     ) -> None:
         """``previous``: the table this one replaces; its rotation state carries over, so shares stay
         exact even when the table is rebuilt more often than a low request rate goes round.
+        ``ended``: instances whose process is gone, whatever their rows say (not sent anything).
         """
         self.lb = lb
+        self.ended = ended
         self.serving = tuple(g for g in groups if g.enabled and serves(lb, g))
-        up = {g.name: tuple(i for i in g.instances if i.health is Health.UP) for g in self.serving}
+        up = {
+            g.name: tuple(i for i in g.instances if i.health is Health.UP and i.id not in ended) for g in self.serving
+        }
         available = [g.name for g in self.serving if up[g.name]]
         weights = share_weights(lb.weights, available)
         before = {b.group: b for b in previous.backends} if previous is not None else {}
@@ -618,6 +630,8 @@ class RoutingTable:
             text += f"; firewall {name} admits {', '.join(rules) or 'nobody'}"
         if self.missing_firewalls:
             text += f"; missing firewalls (admit nobody): {', '.join(sorted(self.missing_firewalls))}"
+        if self.ended:
+            text += f"; not sending to {', '.join(sorted(self.ended))}: their processes have ended"
         return text
 
 
@@ -673,7 +687,15 @@ def _read_raw(store: StateStore, account: str, region: str, name: str) -> _Raw |
     return lb[0], tuple(groups), tuple(instances), tuple(firewalls)
 
 
+_Parsed = tuple[LoadBalancer, list[ServerGroup], dict[str, Firewall]]
+
+
 def _build_table(raw: _Raw, previous: RoutingTable | None = None) -> RoutingTable:
+    return RoutingTable(*_parse(raw), previous)
+
+
+def _parse(raw: _Raw) -> _Parsed:
+    """The load balancer, the server groups attached to it (with their instances) and the firewalls."""
     lb = LoadBalancer.from_dict(json.loads(raw[0]))
     bodies = [json.loads(row[0]) for row in raw[1]]
     attached = [
@@ -690,7 +712,23 @@ def _build_table(raw: _Raw, previous: RoutingTable | None = None) -> RoutingTabl
     firewalls: dict[str, Firewall] = {}
     for fw_name, _region, body in raw[3]:
         firewalls.setdefault(fw_name, Firewall.from_dict(json.loads(body)))  # the region's own before 'global'
-    return RoutingTable(lb, groups, firewalls, previous)
+    return lb, groups, firewalls
+
+
+def ended_processes(home: Path, lb: LoadBalancer, groups: Sequence[ServerGroup]) -> frozenset[str]:
+    """The Up instances of serving groups whose recorded process has ended (the supervisor's records tell)."""
+    ended = set()
+    for group in groups:
+        if not (group.enabled and serves(lb, group)):
+            continue
+        try:
+            paths = SupervisorPaths.of(home, group.account, group.region, group.name)
+        except InvalidRequest:
+            continue
+        for instance in group.instances:
+            if instance.health is Health.UP and process_ended(paths, instance.id) is not None:
+                ended.add(instance.id)
+    return frozenset(ended)
 
 
 # --------------------------------------------------------------------------- the HTTP side
@@ -1083,6 +1121,7 @@ class ProxyProcess:
         self.table: RoutingTable = cast(RoutingTable, None)  # set by _refresh before any listener opens
         self.draining = False
         self._raw: _Raw | None = None
+        self._parsed: _Parsed | None = None
         self._described = ""
         self._servers: dict[int, _ListenerServer] = {}
         self._retry_bind: dict[int, float] = {}
@@ -1144,6 +1183,8 @@ class ProxyProcess:
         if lock is None:
             _fatal(f"another proxy for load balancer {self.name} holds {pid_file} (pid {_read_pid(pid_file)})")
             return EXIT_ALREADY_RUNNING
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.with_suffix(".stopped").unlink()  # running again: a watchdog restarts it if it dies
         try:
             return self._serve(lock)
         finally:
@@ -1175,6 +1216,7 @@ class ProxyProcess:
         )
         flusher = threading.Thread(target=self._flush_loop, name="metrics", daemon=True)
         flusher.start()
+        watchdog = self._start_watchdog()
         reason = "stopped by a signal"
         while not self._stop.wait(REFRESH_SECONDS):
             try:
@@ -1186,6 +1228,7 @@ class ProxyProcess:
                     logger.warning("could not re-read the routing table (keeping the last one): %s", error)
                 continue
             self._sync_listeners()
+        watchdog.stop()
         logger.info("stopping: %s; draining %d request(s) in flight", reason, self._inflight)
         self.draining = True
         self._close_listeners()
@@ -1212,6 +1255,18 @@ class ProxyProcess:
         logger.info("exited")
         return 0
 
+    def _start_watchdog(self) -> Any:
+        """A thread that restarts the dead supervisors of the server groups this load balancer serves."""
+        from gennaker.cloud import local_watchdog  # it imports this module
+
+        def check() -> None:
+            parsed = self._parsed
+            if parsed is not None:
+                groups = [(g.account, g.region, g.name) for g in parsed[1]]
+                local_watchdog.revive(self.store, self.home, groups=groups, balancers=())
+
+        return local_watchdog.Watchdog(check, name="watchdog").start()
+
     def _table_or_none(self) -> RoutingTable | None:
         return self.table if self._raw is not None else None
 
@@ -1222,13 +1277,20 @@ class ProxyProcess:
         self._stop.set()
 
     def _refresh(self) -> bool:
-        """Re-read the routing table; False if the load balancer no longer exists."""
+        """Re-read the routing table; False if the load balancer no longer exists.
+
+        Also rebuilt when an Up instance's process ends: it gets nothing more even while its
+        row still says Up (its supervisor may be dead), until the supervisor starts it again.
+        """
         raw = _read_raw(self.store, self.account, self.region, self.name)
         if raw is None:
             return False
-        if raw != self._raw:
-            table = _build_table(raw, self._table_or_none())
-            self.table, self._raw = table, raw
+        parsed = _parse(raw) if raw != self._raw or self._parsed is None else self._parsed
+        ended = ended_processes(self.home, parsed[0], parsed[1])
+        previous = self._table_or_none()
+        if raw != self._raw or previous is None or ended != previous.ended:
+            table = RoutingTable(*parsed, previous, ended=ended)
+            self.table, self._raw, self._parsed = table, raw, parsed
             described = table.describe()
             if described != self._described:
                 logger.info("routing: %s", described)
@@ -1315,6 +1377,16 @@ def _slug(text: str) -> str:
 
 def _pid_file(home: Path, account: str, region: str, name: str) -> Path:
     return home / "local" / "run" / f"lb-{_slug(account)}-{_slug(region)}-{_slug(name)}.pid"
+
+
+def stopped_file(home: str | os.PathLike[str] | None, account: str, region: str, name: str) -> Path:
+    """Present after :func:`stop`: a watchdog leaves this proxy stopped (the next start removes it)."""
+    return _pid_file(_home(home), account, region, name).with_suffix(".stopped")
+
+
+def has_run(home: str | os.PathLike[str] | None, account: str, region: str, name: str) -> bool:
+    """A proxy of this load balancer ran in this home once (a watchdog restarts only those)."""
+    return _pid_file(_home(home), account, region, name).exists()
 
 
 def log_file(home: str | os.PathLike[str] | None, name: str) -> Path:
@@ -1513,6 +1585,7 @@ def stop(
     pid_file = _pid_file(_home(home), account, region, name)
     _reap()
     with _start_lock(pid_file):
+        pid_file.with_suffix(".stopped").write_text(f"{time.time()}\n")  # no watchdog starts it again
         held, pid = _probe(pid_file)
         if not held or pid is None:
             return False

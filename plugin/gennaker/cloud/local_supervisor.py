@@ -36,6 +36,10 @@ The loop (every ``interval``, 0.5 s)
     Stopping = SIGTERM to the instance's process group, SIGKILL to the group after
     ``stop_grace`` (5 s) if the leader still runs (and once more to catch stragglers).
 
+    After each pass that went through, the loop writes ``<NAME>.heartbeat``; a watchdog
+    thread restarts the home's other dead supervisors and dead load balancer proxies
+    (:mod:`local_watchdog`: readers show the rows of a silent supervisor as Unknown).
+
 An instance
     ``image = store.get_image(group.image_id)``; ``image.manifest``: ``path`` (the image
     directory, absolute or relative to ``<home>/local/images``), ``start_command`` (an
@@ -218,6 +222,11 @@ class SupervisorPaths:
     @property
     def pass_lock(self) -> Path:
         return self.run_dir / f"{self.name}.reconcile.lock"
+
+    @property
+    def stopped_file(self) -> Path:
+        """Present after :func:`stop`: a watchdog leaves the group's supervisor stopped (the next start removes it)."""
+        return self.run_dir / f"{self.name}.stopped"
 
     @property
     def records_dir(self) -> Path:
@@ -611,6 +620,28 @@ def _save_record(paths: SupervisorPaths, record: _Record) -> None:
 def _drop_record(paths: SupervisorPaths, instance_id: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         paths.record_file(instance_id).unlink()
+
+
+def process_ended(paths: SupervisorPaths, instance_id: str) -> str | None:
+    """Why the instance's recorded process is not running, if it is not; None if it runs or nothing is recorded.
+
+    Cheap enough for every read and every routing refresh: the record, then ``/proc/<pid>/stat``
+    (alive, not a zombie, and the recorded start time: a reused pid does not count).
+    """
+    try:
+        record = _Record.from_json(paths.record_file(instance_id).read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+    if record.state != "running" or record.pid is None:
+        return f"its process is not running ({record.state})"
+    stat = _proc_stat(record.pid)  # not pid_alive(): a reader's own old child may have had this pid
+    if stat is None and (_has_proc() or not pid_alive(record.pid)):
+        return f"its process (pid {record.pid}) has ended"
+    if stat is not None and stat[0] in ("Z", "X", "x"):
+        return f"its process (pid {record.pid}) has ended"
+    if stat is not None and record.proc_start is not None and stat[1] != record.proc_start:
+        return f"its process (pid {record.pid}) has ended (the pid now names another process)"
+    return None
 
 
 def instance_pids(home: str | os.PathLike[str], account: str, region: str, name: str) -> dict[str, int]:
@@ -1204,9 +1235,11 @@ def stop(home: str | os.PathLike[str], account: str, region: str, name: str, *, 
     """Stop the group's supervisor (SIGTERM; it stops its instances) and wait; False if none ran.
 
     A supervisor still running after ``timeout`` s is killed. Instance processes left
-    without a supervisor are stopped here too.
+    without a supervisor are stopped here too. ``<NAME>.stopped`` is written first, so no
+    watchdog starts it again (the next start removes it).
     """
     paths = SupervisorPaths.of(home, account, region, name)
+    _write_atomic(paths.stopped_file, f"{time.time()}\n")  # before the signal: no watchdog starts it again
     pid = supervisor_pid(home, account, region, name)
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -1259,6 +1292,8 @@ def run_supervisor(
         alive.truncate()
         alive.write(f"{os.getpid()}\n")
         alive.flush()
+        with contextlib.suppress(FileNotFoundError):
+            paths.stopped_file.unlink()  # running again: a watchdog restarts it if it dies
         with _flock(paths.lock_file):
             _write_atomic(paths.pid_file, f"{os.getpid()}\n")
         stopping = _Stopping()
@@ -1287,6 +1322,7 @@ def _loop(store: StateStore, paths: SupervisorPaths, options: SupervisorOptions,
             data={"pid": os.getpid()},
         )
     reconciler = Reconciler(store, paths.home, account, paths.region, name, options)
+    watchdog = _start_watchdog(store, paths)
     first, why = True, ""
     while not stopping.requested:
         if not store.path.exists():
@@ -1299,12 +1335,15 @@ def _loop(store: StateStore, paths: SupervisorPaths, options: SupervisorOptions,
         else:
             first = False
             if result.destroyed:
+                watchdog.stop()
                 log.info("%s: server group gone or destroying; stopped %s; exiting", name, result.stopped or "nothing")
                 _event_quietly(store, "supervisor.stopped", name, "server group destroyed", account)
                 return 0
+            _heartbeat(paths, options)
         deadline = time.monotonic() + options.interval
         while not stopping.requested and time.monotonic() < deadline:
             time.sleep(min(0.05, options.interval))
+    watchdog.stop()
     why = why or f"{stopping.signal or 'asked'} received"
     log.info("%s: stopping (%s): stopping the instances", name, why)
     try:
@@ -1315,6 +1354,26 @@ def _loop(store: StateStore, paths: SupervisorPaths, options: SupervisorOptions,
     log.info("%s: stopped %s; exiting", name, stopped or "no instances")
     _event_quietly(store, "supervisor.stopped", name, f"supervisor pid {os.getpid()} stopped ({why})", account)
     return 0
+
+
+def _heartbeat(paths: SupervisorPaths, options: SupervisorOptions) -> None:
+    """After a pass that went through: readers believe the health rows while this is fresh."""
+    from gennaker.cloud import local_watchdog  # it imports this module
+
+    try:
+        local_watchdog.write_heartbeat(paths, os.getpid(), options.interval)
+    except OSError as error:  # readers then show the instances Unknown: the truth about what we know
+        log.warning("%s: could not write the heartbeat: %s", paths.name, error)
+
+
+def _start_watchdog(store: StateStore, paths: SupervisorPaths) -> Any:
+    """A thread that restarts the home's other dead supervisors and dead load balancer proxies."""
+    from gennaker.cloud import local_watchdog  # it imports this module
+
+    def check() -> None:
+        local_watchdog.revive(store, paths.home, skip_group=(paths.account, paths.region, paths.name))
+
+    return local_watchdog.Watchdog(check, name=f"watchdog-{paths.name}").start()
 
 
 def _event_quietly(store: StateStore, kind: str, subject: str, message: str, account: str) -> None:

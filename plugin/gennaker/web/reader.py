@@ -128,7 +128,7 @@ def read_account(account: str, provider: CloudProvider, applications: Iterable[s
     read_at = utcnow()
     if isinstance(provider, LocalProvider):
         store = provider.store
-        groups = read_server_groups(store, account)
+        groups = [provider.observe(group) for group in read_server_groups(store, account)]  # stale rows: Unknown
         balancers = store.list_load_balancers(account=account)
         firewalls = store.list_firewalls(account=account)
         used = {group.image_id for group in groups}
