@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +364,20 @@ def test_a_forbidden_attempt_keeps_no_reason_or_parameters(api: Api, records: No
     entry = _latest_audit(api)
     assert (entry["status"], entry["user"]) == ("FORBIDDEN", "viewer")
     assert entry["reason"] == "" and entry["parameters"] == {} and "viewer-text" not in json.dumps(entry)
+
+
+def test_a_lock_that_cannot_be_given_back_does_not_hide_the_actions_own_error(tmp_path: Path) -> None:
+    real = ClusterLocks(tmp_path / "locks.db")
+    calls: list[str] = []
+
+    def locks() -> ClusterLocks:
+        calls.append("open")
+        if len(calls) > 1:
+            raise OSError("the home went away")
+        return real
+
+    action_locks = ActionLocks(locks)
+    action_locks.take("a1", "alice", "local", "local", "hello-prod", timedelta(minutes=1), "enable on the page")
+    action_locks.release("a1")  # logged, not raised: the lease frees it
+    assert not action_locks.holds("a1")
+    assert real.holder(cluster_resource("local", "local", "hello-prod")) is not None

@@ -14,6 +14,7 @@ died mid-action keeps the cluster locked.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from datetime import timedelta
 
 from gennaker.cloud.locks import ClusterLocks, Holder, cluster_resource
 from gennaker.web.links import run_page_url
+
+log = logging.getLogger(__name__)
 
 UI_OWNER_PREFIX = "ui:"
 MAX_OWNER_USER = 100
@@ -93,8 +96,12 @@ class ActionLocks:
         """Give back the action's lock, if it holds one (called once the action has ended, however it ended)."""
         with self._guard:
             held = self._held.pop(action_id, None)
-        if held is not None:
+        if held is None:
+            return
+        try:
             self._locks().release(*held)
+        except Exception:  # a lost home: the lease frees it; the action's own error is the one to report
+            log.exception("giving back the lock of %s failed; it expires with its lease", held[0])
 
     def holds(self, action_id: str) -> bool:
         """Whether the action still holds its cluster's lock."""
