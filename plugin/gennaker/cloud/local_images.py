@@ -42,7 +42,8 @@ and ``tags``. Nothing writes to an image directory after it is renamed into plac
 
 Every image is started the same way (see :func:`launch_spec`): ``start_command`` as an
 argv list, with the image directory as the working directory (a relative program such
-as ``venv/bin/python`` is relative to it), the parent's environment plus the manifest's
+as ``venv/bin/python`` is relative to it), a minimal environment (PATH, HOME, LANG...:
+:mod:`~gennaker.cloud.procenv`, never the caller's) plus the manifest's
 ``env``, the server group's environment, and ``PORT``, ``HOST`` (127.0.0.1),
 ``GENNAKER_INSTANCE_ID``, ``GENNAKER_SERVER_GROUP`` and ``GENNAKER_IMAGE_ID``. The
 instance must serve its health check (``manifest["health_check"]["path"]``, default
