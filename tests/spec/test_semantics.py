@@ -53,6 +53,26 @@ def test_find_cycle_none_for_a_diamond() -> None:
     assert find_cycle({"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}) is None
 
 
+def _chain_listed_backwards(n: int) -> str:
+    """n stages, each depending on the one listed after it: the walk from the first goes n deep."""
+    lines = [f"  - {{id: s{i}, type: wait, duration: 1s, dependsOn: [s{i + 1}]}}\n" for i in range(n - 1)]
+    return HEAD + "".join(lines) + f"  - {{id: s{n - 1}, type: wait, duration: 1s, dependsOn: []}}\n"
+
+
+def test_a_long_chain_is_checked_without_exhausting_the_recursion_limit(load: Load, errors: Errors) -> None:
+    spec = load(_chain_listed_backwards(1500))
+    assert spec.pipeline.parents()["s0"] == ["s1"]
+    # The same chain closed into a loop at its far end.
+    looped = _chain_listed_backwards(1500).replace(
+        "id: s1499, type: wait, duration: 1s, dependsOn: []", "id: s1499, type: wait, duration: 1s, dependsOn: [s0]"
+    )
+    (err,) = errors(looped)
+    assert err == (  # at the dependsOn that closes the loop; a long loop is shortened
+        "spec.yaml:5:51 stages[1].dependsOn: dependency cycle: "
+        "s0 -> s1499 -> s1498 -> s1497 -> s1496 -> s1495 -> ... (1500 stages) -> s2 -> s1 -> s0"
+    )
+
+
 def test_promote_without_deploy_upstream(errors: Errors) -> None:
     text = HEAD + (
         "  - {id: bake, type: bake, package: x}\n"

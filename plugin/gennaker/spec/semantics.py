@@ -44,31 +44,32 @@ def ancestors(parents: dict[str, list[str]], stage_id: str) -> set[str]:
 
 
 def find_cycle(parents: dict[str, list[str]]) -> list[str] | None:
-    """A dependency cycle as a list of ids (first == last), or None."""
-    state: dict[str, int] = {}
-    path: list[str] = []
+    """A dependency cycle as a list of ids (first == last), or None.
 
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for p in parents.get(node, []):
-            if p not in parents:
-                continue
-            if state.get(p) == 1:
-                return [*path[path.index(p) :], p]
-            if p not in state:
-                found = visit(p)
-                if found:
-                    return found
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in parents:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return list(reversed(found))
+    A depth-first walk with its own stack: a long chain of stages must not exhaust
+    Python's recursion limit.
+    """
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in parents:
+        if start in state:
+            continue
+        state[start] = 1
+        path = [start]
+        stack = [iter(parents.get(start, []))]
+        while stack:
+            for p in stack[-1]:
+                if p not in parents:
+                    continue
+                if state.get(p) == 1:
+                    return list(reversed([*path[path.index(p) :], p]))
+                if p not in state:
+                    state[p] = 1
+                    path.append(p)
+                    stack.append(iter(parents.get(p, [])))
+                    break
+            else:
+                state[path.pop()] = 2
+                stack.pop()
     return None
 
 
@@ -104,12 +105,16 @@ def check(pipeline: Pipeline, positions: SourceMap, known_pipelines: set[str] | 
         last = cycle[-2]
         i = ids[last]
         loc = ("stages", i, "dependsOn")
-        errors.append(SpecError(f"dependency cycle: {' -> '.join(cycle)}", positions.find(loc), loc))
+        shown = cycle if len(cycle) <= 10 else [*cycle[:6], f"... ({len(cycle) - 1} stages)", *cycle[-3:]]
+        errors.append(SpecError(f"dependency cycle: {' -> '.join(shown)}", positions.find(loc), loc))
         return errors
 
+    types = {s.id: s.type for s in pipeline.stages}
     for i, stage in enumerate(pipeline.stages):
+        if not isinstance(stage, (PromoteStage, CanaryStage, DeployStage)):
+            continue  # only these look upstream; walking every stage's ancestors grows with its square
         up = ancestors(parents, stage.id)
-        up_types = {pipeline.stage(s).type for s in up}
+        up_types = {types[s] for s in up}
         if isinstance(stage, PromoteStage) and "deploy" not in up_types and stage.server_group is None:
             errors.append(
                 SpecError(
