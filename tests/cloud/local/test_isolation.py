@@ -378,6 +378,31 @@ def test_an_instance_that_floods_its_log_stays_bounded(lab: Lab, monkeypatch: py
     assert b"\0" not in log.read_bytes()
 
 
+def test_the_supervisor_and_the_proxy_rotate_their_own_logs(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    max_bytes, keep = 4096, 1
+    monkeypatch.setenv("GENNAKER_LOCAL_LOG_MAX_BYTES", str(max_bytes))
+    monkeypatch.setenv("GENNAKER_LOCAL_LOG_KEEP", str(keep))
+    lb = LoadBalancer(
+        name="probe-lb", application="probe", account=ACCOUNT, region=REGION, listeners=(Listener(port=free_port()),)
+    )
+    logs = [
+        lab.home / "local" / "logs" / GROUP / "supervisor.log",
+        local_proxy.log_file(lab.home, lb.name),
+    ]
+    for log in logs:  # a long history before they start (their own output is too little to wait for)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(f"old line {number:05d}\n" for number in range(5000)))
+    lab.store.put_load_balancer(lb)
+    lab.balancers.add(lb.name)
+    local_proxy.ensure_running(lab.store, lab.home, ACCOUNT, REGION, lb.name)
+    lab.group(desired=1)
+
+    for log in logs:
+        wait_for(f"{log.name} to be rotated", lambda log=log: logfiles.rotated(log, 1).exists())
+        assert logfiles.rotated(log, 1).stat().st_size <= max_bytes and not logfiles.rotated(log, 2).exists()
+        assert "old line 04999" in logfiles.rotated(log, 1).read_text() + log.read_text()
+
+
 # --------------------------------------------------------------------------- 3. private files
 
 
