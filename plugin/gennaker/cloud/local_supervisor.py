@@ -420,6 +420,12 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
+def reap_children() -> None:
+    """Reap the processes this process started that have exited (their exit codes stay for :func:`_exit_code`)."""
+    for child in list(_CHILDREN.values()):
+        child.poll()
+
+
 def _exit_code(pid: int) -> int | None:
     """The exit code of a child of this process that ended (None if unknown: not our child)."""
     child = _CHILDREN.pop(pid, None)

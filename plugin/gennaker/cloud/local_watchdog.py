@@ -29,6 +29,7 @@ Watchdog (:func:`revive`, :class:`Watchdog`)
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -51,6 +52,10 @@ MIN_STALE_SECONDS = 10.0
 STALE_INTERVALS = 10
 WATCHDOG_SECONDS = 2.0
 """How often a watchdog thread looks for dead supervisors and proxies."""
+RETRY_AFTER_FAILURE = 30.0
+"""How long a watchdog leaves alone a supervisor or proxy that it could not start (a port taken, an image gone)."""
+
+_failed_until: dict[str, float] = {}
 
 _clock: Callable[[], float] = time.time
 """The reader's clock (unix seconds); tests move it forward instead of waiting."""
@@ -212,27 +217,31 @@ def revive(
     skip_group: tuple[str, str, str] | None = None,
 ) -> list[str]:
     """Restart the dead supervisors of ``groups`` (None: every group of the home) and proxies of ``balancers``
-    (None: every load balancer of the home); what was restarted. One failure does not stop the others.
+    (None: every load balancer of the home); what was restarted. One failure does not stop the others,
+    and what failed to start is not tried again by this process for :data:`RETRY_AFTER_FAILURE` seconds.
     """
+    local_supervisor.reap_children()  # supervisors this process restarted and that exited since
     if groups is None:
         groups = [(a, r, n) for a, r, n, destroying in _group_rows(store) if not destroying]
     if balancers is None:
         balancers = store.list_load_balancers()
+    targets: list[tuple[str, Callable[[], bool]]] = [
+        (f"supervisor of {name}", functools.partial(revive_supervisor, store, home, account, region, name))
+        for account, region, name in groups
+        if (account, region, name) != skip_group  # a supervisor does not watch itself
+    ]
+    targets += [(f"proxy of {lb.name}", functools.partial(revive_proxy, store, home, lb)) for lb in balancers]
     revived: list[str] = []
-    for account, region, name in groups:
-        if (account, region, name) == skip_group:  # a supervisor does not watch itself
+    now = time.monotonic()
+    for what, start in targets:
+        if _failed_until.get(what, 0.0) > now:
             continue
         try:
-            if revive_supervisor(store, home, account, region, name):
-                revived.append(f"supervisor of {name}")
+            if start():
+                revived.append(what)
         except CloudError as error:
-            log.warning("watchdog: could not restart the supervisor of %s: %s", name, error)
-    for lb in balancers:
-        try:
-            if revive_proxy(store, home, lb):
-                revived.append(f"proxy of {lb.name}")
-        except CloudError as error:
-            log.warning("watchdog: could not restart the proxy of load balancer %s: %s", lb.name, error)
+            _failed_until[what] = now + RETRY_AFTER_FAILURE
+            log.warning("watchdog: could not restart the %s (next try in %g s): %s", what, RETRY_AFTER_FAILURE, error)
     return revived
 
 
