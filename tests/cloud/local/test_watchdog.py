@@ -21,9 +21,11 @@ from localcloud import build_hello, proc_running, wait_for
 
 from gennaker.cloud import local_proxy, local_supervisor, local_watchdog
 from gennaker.cloud.local_images import bake, images_root
+from gennaker.cloud.local_proxy import RoutingTable
 from gennaker.cloud.local_supervisor import DESTROYING_TAG, SupervisorPaths
-from gennaker.cloud.model import Health
+from gennaker.cloud.model import Capacity, Health, Instance, LoadBalancer, ServerGroup
 from gennaker.cloud.state import StateStore
+from gennaker.triggers.server_group import measure_health
 from gennaker.web import views
 from gennaker.web.reader import read_account
 
@@ -202,6 +204,24 @@ def test_a_silent_supervisors_instances_read_unknown_with_the_reason(lab: Lab, m
     snapshot = read_account(ACCOUNT, provider)  # what the Clusters page shows
     (shown,) = [views.instance(i) for g in snapshot.server_groups for i in g.instances]
     assert shown.health == "Unknown" and shown.health_reason.startswith(why)
+    waiting = measure_health(name, [read], desired=1)  # a stage waiting for health does not count it
+    assert not waiting.healthy and waiting.states == {"Unknown": 1}
+
+
+def test_the_routing_table_leaves_out_instances_whose_process_ended() -> None:
+    lb = LoadBalancer(name=LB, application="hello", account=ACCOUNT, region=REGION, clusters=("hello-prod",))
+    up = tuple(
+        Instance(id=f"i-{port}", server_group="hello-prod-v001", host="127.0.0.1", port=port, health=Health.UP)
+        for port in (1001, 1002)
+    )
+    group = ServerGroup(
+        name="hello-prod-v001", account=ACCOUNT, region=REGION, image_id="img-1", capacity=Capacity.fixed(2)
+    ).replace(instances=up)
+    table = RoutingTable(lb, [group], {}, ended=frozenset({"i-1001"}))
+    picks = {pick[1].id for _ in range(10) if (pick := table.choose(None, set(), frozenset()))}
+    assert picks == {"i-1002"}
+    assert table.choose(None, {"i-1002"}, frozenset()) is None  # never the ended one, even as a last resort
+    assert "not sending to i-1001: their processes have ended" in table.describe()
 
 
 def test_the_watchdog_restarts_what_died_once_and_leaves_alone_what_was_stopped_or_is_going(lab: Lab) -> None:
