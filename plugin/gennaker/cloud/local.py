@@ -21,6 +21,8 @@ process beyond them. Destroy disables the group first (and waits as disable does
 it ``gennaker:destroying``: its supervisor stops the processes and exits, and the operation
 ends once it has, deleting the group's record (its name is released). :meth:`LocalProvider.operation`
 checks. Waiting for health is the caller's (a deferred trigger polls :meth:`instances`).
+Every read of server groups and instances is corrected by :func:`local_watchdog.observe`:
+an instance whose process has ended reads Down, and a silent supervisor's instances Unknown.
 
 Requests are checked before anything is recorded: an unknown image, instance or load
 balancer, a listener port taken by another program, a traffic guard. Such a call raises

@@ -173,9 +173,9 @@ def revive_supervisor(store: StateStore, home: Path, account: str, region: str, 
     paths = SupervisorPaths.of(home, account, region, name)
     if not paths.alive_file.exists():
         return False  # never ran here: not dead, just not started (a read of the provider starts it)
-    if local_supervisor.supervisor_pid(home, account, region, name) is not None:
-        return False
     if stopped_on_purpose(paths.stopped_file):
+        return False  # (a start removes the file: a running supervisor never has one for long)
+    if local_supervisor.supervisor_pid(home, account, region, name) is not None:
         return False
     try:  # read again just before: a group being destroyed (or gone) keeps its supervisor dead
         group = store.get_server_group(account, region, name)
