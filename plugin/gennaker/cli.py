@@ -46,8 +46,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _check_build(result: FolderResult) -> None:
     """Also refuse what the factory cannot build yet (stage types without an operator)."""
+    from gennaker.errors import SpecErrors
     from gennaker.factory.stages import check_supported
-    from gennaker.spec.errors import SpecErrors
 
     for dag_id, spec in list(result.specs.items()):
         problems = check_supported(spec)
@@ -82,7 +82,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _load_one(raw: str, root: str | None) -> object:
-    from gennaker.spec.errors import SpecErrors
+    from gennaker.errors import SpecErrors
     from gennaker.spec.loader import load_spec
 
     path = Path(raw)
@@ -115,7 +115,7 @@ def _cmd_graph(args: argparse.Namespace) -> int:
 
 
 def _cmd_local_stop(args: argparse.Namespace) -> int:
-    from gennaker.cloud.local import stop_everything
+    from gennaker.cloud.local.provider import stop_everything
 
     home = Path(args.home).expanduser() if args.home else None
     stopped = stop_everything(home)

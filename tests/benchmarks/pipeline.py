@@ -329,7 +329,7 @@ class Cloud:
     """Reads the local provider's state for the provider work of a run; retires old server groups."""
 
     def __init__(self, home: Path) -> None:
-        from gennaker.cloud.local import LocalProvider
+        from gennaker.cloud.local.provider import LocalProvider
 
         self.provider = LocalProvider(home=home)
         self.store = self.provider.store

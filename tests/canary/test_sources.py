@@ -74,7 +74,7 @@ class MetricsProvider(FakeProvider):
 
 
 def test_the_local_source_reads_the_providers_series() -> None:
-    from gennaker.cloud.local import LOCAL_METRICS
+    from gennaker.cloud.local.provider import LOCAL_METRICS
 
     assert LOCAL_SERIES == LOCAL_METRICS
     provider = MetricsProvider()

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from fakecloud import FakeProvider
 
-from gennaker.cloud.errors import CloudError, InvalidRequest, QuotaExceeded
 from gennaker.cloud.limits import CapacityLimitExceeded, Limits, desired_total, local_limits
-from gennaker.cloud.local import LocalProvider
+from gennaker.cloud.local.provider import LocalProvider
 from gennaker.cloud.model import Capacity, Image, ServerGroup, ServerGroupSpec
 from gennaker.cloud.provider import IdempotencyKey
+from gennaker.errors import CloudError, InvalidRequest, QuotaExceeded
 from gennaker.hooks.cluster import AccountNotSupported, ClusterHook
 
 IMAGE = "img-limits"

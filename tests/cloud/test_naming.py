@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from gennaker.cloud.errors import InvalidName, InvalidRequest, SequenceExhausted
 from gennaker.cloud.naming import (
     Names,
     cluster_name,
@@ -13,6 +12,7 @@ from gennaker.cloud.naming import (
     next_sequence,
     parse_server_group_name,
 )
+from gennaker.errors import InvalidName, InvalidRequest, SequenceExhausted
 
 # name -> (cluster, app, stack, detail, push, sequence); "" where Frigga says null.
 FRIGGA_CASES = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gennaker.cloud import errors
+from gennaker import errors
 from gennaker.cloud.model import Operation, OperationKind, OperationStatus
 from gennaker.cloud.provider import (
     CloudError,
@@ -20,7 +20,7 @@ from gennaker.cloud.provider import (
     OperationFailed,
     ProviderUnavailable,
 )
-from gennaker.spec.errors import GennakerError
+from gennaker.errors import GennakerError
 
 RUN = "manual__2025-03-01T12:00:00+00:00"
 

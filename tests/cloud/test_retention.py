@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from gennaker.cloud import retention
-from gennaker.cloud.errors import InvalidRequest
-from gennaker.cloud.local import LocalProvider
-from gennaker.cloud.local_proxy import MetricsRecorder, ensure_metrics_table, read_metrics
+from gennaker.cloud.local import retention
+from gennaker.cloud.local.provider import LocalProvider
+from gennaker.cloud.local.proxy import MetricsRecorder, ensure_metrics_table, read_metrics
+from gennaker.cloud.local.retention import Retention
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import Listener, LoadBalancer, OperationStatus
 from gennaker.cloud.provider import IdempotencyKey
-from gennaker.cloud.retention import Retention
-from gennaker.cloud.state import StateStore
+from gennaker.errors import InvalidRequest
 from gennaker.web.audit import AuditLog
 from gennaker.web.models import AuditEntry
 

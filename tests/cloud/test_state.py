@@ -13,14 +13,7 @@ from typing import Any
 
 import pytest
 
-from gennaker.cloud.errors import (
-    IdempotencyConflict,
-    InvalidName,
-    InvalidRequest,
-    NotFound,
-    ProviderUnavailable,
-    SequenceExhausted,
-)
+from gennaker.cloud.local.state import StateStore, default_state_path
 from gennaker.cloud.model import (
     Capacity,
     Firewall,
@@ -34,7 +27,15 @@ from gennaker.cloud.model import (
     ServerGroup,
 )
 from gennaker.cloud.provider import IdempotencyKey
-from gennaker.cloud.state import StateStore, default_state_path, gennaker_home
+from gennaker.errors import (
+    IdempotencyConflict,
+    InvalidName,
+    InvalidRequest,
+    NotFound,
+    ProviderUnavailable,
+    SequenceExhausted,
+)
+from gennaker.paths import gennaker_home
 
 ACCOUNT, REGION = "local", "local"
 PROCESSES, ROUNDS = 4, 50

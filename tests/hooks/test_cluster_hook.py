@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gennaker.cloud.errors import InvalidRequest, NotFound
-from gennaker.cloud.local import LocalProvider
+from gennaker.cloud.local.provider import LocalProvider
+from gennaker.errors import InvalidRequest, NotFound
 from gennaker.hooks.cluster import AccountNotFound, AccountNotSupported, ClusterHook, provider_for
 
 

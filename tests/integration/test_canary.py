@@ -32,8 +32,8 @@ from typing import Any
 import pytest
 from localcloud import bounded_to, build_hello, wait_for
 
-from gennaker.cloud.local import LocalProvider
-from gennaker.cloud.local_images import TOOLS_ENV
+from gennaker.cloud.local.images import TOOLS_ENV
+from gennaker.cloud.local.provider import LocalProvider
 from gennaker.cloud.model import BakeRequest, OperationStatus
 from gennaker.cloud.provider import IdempotencyKey
 

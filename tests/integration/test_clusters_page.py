@@ -24,8 +24,8 @@ import pytest
 from browser.chromium import chromium, log_in, new_context, screenshot
 from localcloud import bounded_to, build_hello
 
-from gennaker.cloud.local import LocalProvider
-from gennaker.cloud.local_images import TOOLS_ENV
+from gennaker.cloud.local.images import TOOLS_ENV
+from gennaker.cloud.local.provider import LocalProvider
 from gennaker.cloud.model import BakeRequest, Capacity, Health, OperationStatus, ServerGroupSpec
 from gennaker.cloud.provider import IdempotencyKey
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from localcloud import build_hello, wait_for
 
-from gennaker.cloud.local import LocalProvider
+from gennaker.cloud.local.provider import LocalProvider
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import ServerGroup
-from gennaker.cloud.state import StateStore
 
 from .conftest import FINISHED_RUN, Airflow, wait_until
 from .test_server_group_stages import (  # noqa: F401 - fixtures used by name

@@ -32,9 +32,11 @@ from typing import Any
 import pytest
 from localcloud import bounded_to, build_hello, describe, free_port, marked_processes, wait_for
 
-from gennaker.cloud import local_proxy, local_supervisor
-from gennaker.cloud.local import LocalProvider
-from gennaker.cloud.local_images import TOOLS_ENV
+from gennaker.cloud.local import proxy as local_proxy
+from gennaker.cloud.local import supervisor as local_supervisor
+from gennaker.cloud.local.images import TOOLS_ENV
+from gennaker.cloud.local.provider import LocalProvider
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import (
     BakeRequest,
     Capacity,
@@ -45,7 +47,6 @@ from gennaker.cloud.model import (
     ServerGroupSpec,
 )
 from gennaker.cloud.provider import IdempotencyKey
-from gennaker.cloud.state import StateStore
 
 from .conftest import ARTIFACTS, GUARDED_ACCOUNT, GUARDED_CLUSTER, Airflow
 

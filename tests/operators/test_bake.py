@@ -246,7 +246,7 @@ def test_allow_rules_come_from_the_spec_or_a_defaults_file_and_reach_the_operato
 
 
 def test_a_bad_allow_rule_is_an_error_at_its_line(tmp_path: Path) -> None:
-    from gennaker.spec.errors import SpecErrors
+    from gennaker.errors import SpecErrors
     from gennaker.spec.loader import load_spec
 
     spec = tmp_path / "p.yaml"

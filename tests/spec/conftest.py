@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gennaker.spec.errors import SpecErrors
+from gennaker.errors import SpecErrors
 from gennaker.spec.loader import LoadedSpec, load_spec
 
 

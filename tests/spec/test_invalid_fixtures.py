@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from gennaker.errors import SpecError
 from gennaker.factory.stages import check_supported
-from gennaker.spec.errors import SpecError
 from gennaker.spec.loader import load_folder
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gennaker.spec.errors import SpecErrors
+from gennaker.errors import SpecErrors
 from gennaker.spec.loader import discover, load_folder, load_spec
 
 Write = Callable[[str, str], Path]

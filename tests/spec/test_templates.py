@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gennaker.spec.errors import SpecErrors
+from gennaker.errors import SpecErrors
 from gennaker.spec.loader import LoadedSpec, load_spec
 from gennaker.spec.models import BakeStage, CanaryStage, CheckPreconditionsStage, DeployStage, PromoteStage
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from gennaker.spec.errors import Position, SpecError
+from gennaker.errors import Position, SpecError
 from gennaker.spec.yamlsource import load_file, parse_text
 
 SPEC = """\

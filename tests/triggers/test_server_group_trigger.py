@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fakecloud import FakeProvider
 
-from gennaker.cloud.errors import ProviderUnavailable
 from gennaker.cloud.model import OperationKind, OperationStatus
 from gennaker.cloud.provider import IdempotencyKey
+from gennaker.errors import ProviderUnavailable
 from gennaker.triggers import server_group as module
 from gennaker.triggers.server_group import ServerGroupHealthyTrigger, ServerGroupOperationTrigger
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import (
     Capacity,
     CreatedBy,
@@ -25,7 +26,6 @@ from gennaker.cloud.model import (
     LoadBalancer,
     ServerGroup,
 )
-from gennaker.cloud.state import StateStore
 
 USERS = {"admin": ("admin", "admin"), "viewer": ("viewer", "viewer"), "deployer": ("user", "deployer")}
 """user -> (simple auth manager role, password)."""

@@ -24,12 +24,12 @@ import pytest
 from clusters_helpers import Api
 from localcloud import bounded_to, build_hello, describe, marked_processes, wait_for
 
-from gennaker.cloud import local_supervisor
-from gennaker.cloud.errors import NotFound
-from gennaker.cloud.local import LocalProvider
-from gennaker.cloud.local_images import TOOLS_ENV
+from gennaker.cloud.local import supervisor as local_supervisor
+from gennaker.cloud.local.images import TOOLS_ENV
+from gennaker.cloud.local.provider import LocalProvider
 from gennaker.cloud.model import BakeRequest, Capacity, Health, OperationStatus, ServerGroupSpec
 from gennaker.cloud.provider import IdempotencyKey
+from gennaker.errors import NotFound
 
 if not Path("/proc/self/environ").exists():  # pragma: no cover - leftovers are found through /proc
     pytest.skip("needs Linux /proc", allow_module_level=True)

@@ -21,10 +21,10 @@ from clusters_helpers import API, Api, add_pipeline, write_records
 from fakecloud import FakeProvider
 from fastapi.routing import APIRoute
 
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.locks import ClusterLocks, cluster_resource
 from gennaker.cloud.model import OperationKind, OperationStatus
 from gennaker.cloud.provider import IdempotencyKey
-from gennaker.cloud.state import StateStore
 from gennaker.web import models as m
 from gennaker.web.actionlock import ActionLocks
 from gennaker.web.actions import ActionRunner, Target

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from clusters_helpers import T0, Api, add_pipeline, write_records
 
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import Image, OperationKind, OperationStatus
 from gennaker.cloud.provider import IdempotencyKey
-from gennaker.cloud.state import StateStore
 from gennaker.web.localstate import read_server_groups
 
 

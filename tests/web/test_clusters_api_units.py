@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fakecloud import FakeProvider
 
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import Firewall, LoadBalancer
-from gennaker.cloud.state import StateStore
 from gennaker.web import models as m
 from gennaker.web.actions import ActionRunner, Target
 from gennaker.web.audit import AuditLog

@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 LOCAL_SERIES = ("requests", "errors", "error_rate", "latency_mean", "latency_p50", "latency_p90", "latency_p99")
-"""The series the local load balancers record (``gennaker.cloud.local.LOCAL_METRICS``)."""
+"""The series the local load balancers record (``gennaker.cloud.local.provider.LOCAL_METRICS``)."""
 
 _PLACEHOLDER = re.compile(r"\$\{\s*([^}]*?)\s*\}")
 _PROMQL_PREFIX = "PromQL:"
@@ -190,7 +190,7 @@ class LocalMetricSource(MetricSource):
             )
 
     def fetch(self, query: str, scope: Scope, start: datetime, end: datetime, step: timedelta) -> Series:
-        from gennaker.cloud.errors import CloudError
+        from gennaker.errors import CloudError
 
         self.check(query)
         seconds = max(step.total_seconds(), 1.0)

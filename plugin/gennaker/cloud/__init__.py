@@ -4,7 +4,9 @@
 - ``naming``: Spinnaker's ``app-stack-detail-v000`` names (Frigga)
 - ``provider``: the ``CloudProvider`` interface, ``IdempotencyKey`` and the errors
 - ``errors``: the error tree (re-exported by ``provider``)
-- ``state``: the local provider's SQLite state, shared by every Airflow process
+- ``local``: the local provider (a package: provider, state, images, supervisor, proxy, ...)
+- ``locks``: the per-cluster lock of deploys, promotes, rollbacks and the Clusters page's actions
+- ``limits``: capacity limits per server group and per account
 
 Nothing here imports a cloud SDK at module level: DAG files import it at parse time.
 """

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gennaker.cloud.errors import InvalidRequest, QuotaExceeded
 from gennaker.cloud.model import Capacity, ServerGroup
+from gennaker.errors import InvalidRequest, QuotaExceeded
 
 SANE_MAX_CAPACITY = 10_000
 """No server group of any provider may ask for more (a spec's ``capacity.max`` above it is a spec error)."""

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from gennaker.cloud import privfiles
-from gennaker.cloud.state import gennaker_home
+from gennaker.cloud.local import privfiles
+from gennaker.paths import gennaker_home
 
 DEFAULT_LEASE = timedelta(hours=1)
 

@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gennaker.cloud.errors import InvalidName, InvalidRequest, SequenceExhausted
+from gennaker.errors import InvalidName, InvalidRequest, SequenceExhausted
 
 SEQUENCE_SPACE = 1000
 """Sequences run v000 .. v999, then wrap."""

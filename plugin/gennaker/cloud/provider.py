@@ -26,7 +26,7 @@ The contract every provider keeps:
   operation raises :class:`IdempotencyConflict`. Arguments of a repeat are not compared
   (a retry may compute them anew); the first call's arguments win.
 - **Errors are** :class:`CloudError` **subclasses**; a provider never lets its SDK's
-  exceptions escape. They are defined in ``gennaker.cloud.errors`` (the model and the
+  exceptions escape. They are defined in ``gennaker.errors`` (the model and the
   naming rules raise them too) and re-exported here::
 
       CloudError
@@ -55,19 +55,6 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
-from gennaker.cloud.errors import (
-    AlreadyExists,
-    CloudError,
-    IdempotencyConflict,
-    InvalidName,
-    InvalidRequest,
-    NotFound,
-    OperationFailed,
-    ProviderUnavailable,
-    QuotaExceeded,
-    SequenceExhausted,
-    TrafficGuardViolation,
-)
 from gennaker.cloud.limits import Limits
 from gennaker.cloud.model import (
     BakeRequest,
@@ -82,6 +69,19 @@ from gennaker.cloud.model import (
     OperationStatus,
     ServerGroup,
     ServerGroupSpec,
+)
+from gennaker.errors import (
+    AlreadyExists,
+    CloudError,
+    IdempotencyConflict,
+    InvalidName,
+    InvalidRequest,
+    NotFound,
+    OperationFailed,
+    ProviderUnavailable,
+    QuotaExceeded,
+    SequenceExhausted,
+    TrafficGuardViolation,
 )
 
 # A fixed namespace, so a key maps to the same UUID in every process and release.

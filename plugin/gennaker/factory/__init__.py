@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gennaker.errors import SpecErrors
 from gennaker.factory.builder import build_dag
 from gennaker.factory.index import find_spec_files
 from gennaker.factory.report import report_import_errors
-from gennaker.spec.errors import SpecErrors
 from gennaker.spec.loader import FolderCache, LoadedSpec, load_folder, load_spec
 from gennaker.spec.models import PipelineTrigger
 

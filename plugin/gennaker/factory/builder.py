@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from gennaker.errors import SpecError, SpecErrors
 from gennaker.factory.stages import (
     BUILDERS,
     StageBuild,
@@ -15,7 +16,6 @@ from gennaker.factory.stages import (
     check_supported,
     needs_canary_cleanup,
 )
-from gennaker.spec.errors import SpecError, SpecErrors
 from gennaker.spec.loader import LoadedSpec
 from gennaker.spec.models import CronTrigger, Parameter, Pipeline, PipelineTrigger, whole_value_pattern
 from gennaker.spec.semantics import ancestors

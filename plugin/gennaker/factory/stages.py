@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gennaker.spec.errors import SpecError
+from gennaker.errors import SpecError
 from gennaker.spec.loader import LoadedSpec
 from gennaker.spec.models import (
     BakeStage,

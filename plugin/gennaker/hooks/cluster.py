@@ -3,7 +3,7 @@
 =====================================  ==========================================================
 connection                             provider
 =====================================  ==========================================================
-``local``, no connection configured    the embedded :class:`~gennaker.cloud.local.LocalProvider`
+``local``, no connection configured    the embedded :class:`~gennaker.cloud.local.provider.LocalProvider`
                                        (``$GENNAKER_HOME``, region ``local``, no traffic guards)
 type ``gennaker_local``                a :class:`LocalProvider` for that account; the extra may set
                                        ``home``, ``region``, ``traffic_guards`` (clusters that
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from gennaker.cloud.errors import InvalidRequest, NotFound
 from gennaker.cloud.limits import ACCOUNT_SETTING, GROUP_SETTING, Limits, local_limits
+from gennaker.errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
     from gennaker.cloud.provider import CloudProvider
@@ -116,7 +116,7 @@ class ClusterHook(BaseHook):
     def _build(self) -> CloudProvider:
         from airflow.sdk.exceptions import AirflowNotFoundException
 
-        from gennaker.cloud.local import LocalProvider
+        from gennaker.cloud.local.provider import LocalProvider
 
         try:
             conn = self.get_connection(self.conn_id)

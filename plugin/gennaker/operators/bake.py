@@ -52,7 +52,7 @@ def artifacts_dir() -> Path:
     """Where relative artifact paths are looked up."""
     if os.environ.get(ARTIFACTS_ENV):
         return Path(os.environ[ARTIFACTS_ENV]).expanduser()
-    from gennaker.cloud.state import gennaker_home
+    from gennaker.paths import gennaker_home
 
     return gennaker_home() / "artifacts"
 

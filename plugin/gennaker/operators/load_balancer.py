@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gennaker.cloud.errors import NotFound
+from gennaker.errors import NotFound
 from gennaker.operators.server_group import CloudStageOperator
 
 

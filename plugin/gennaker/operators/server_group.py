@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from gennaker.cloud.errors import (
+from gennaker.errors import (
     CloudError,
     InvalidName,
     InvalidRequest,

@@ -1,6 +1,6 @@
 """The pipeline language: models, YAML loading with file:line errors, templates, JSON Schema.
 
-Names are imported lazily: ``gennaker.spec.errors`` is imported by processes that never
+Names are imported lazily: ``gennaker.errors`` is imported by processes that never
 load a spec (the local provider's supervisor and proxy), and must not pay for the models.
 """
 
@@ -10,10 +10,10 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "GennakerError": "gennaker.spec.errors",
-    "Position": "gennaker.spec.errors",
-    "SpecError": "gennaker.spec.errors",
-    "SpecErrors": "gennaker.spec.errors",
+    "GennakerError": "gennaker.errors",
+    "Position": "gennaker.errors",
+    "SpecError": "gennaker.errors",
+    "SpecErrors": "gennaker.errors",
     "FolderResult": "gennaker.spec.loader",
     "LoadedSpec": "gennaker.spec.loader",
     "discover": "gennaker.spec.loader",

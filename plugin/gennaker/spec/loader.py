@@ -16,9 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gennaker.errors import Position, SpecError, SpecErrors
 from gennaker.spec import cache as spec_cache
 from gennaker.spec import semantics
-from gennaker.spec.errors import Position, SpecError, SpecErrors
 from gennaker.spec.models import Pipeline, StageBase
 from gennaker.spec.names import DEFAULTS_NAMES, dag_ids
 from gennaker.spec.templates import expand, locate_template

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gennaker.spec.errors import Loc, SpecError
+from gennaker.errors import Loc, SpecError
 from gennaker.spec.models import (
     CanaryStage,
     DeployStage,

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from gennaker.errors import Loc, Position, SpecError
 from gennaker.spec.durations import parse_duration
-from gennaker.spec.errors import Loc, Position, SpecError
 from gennaker.spec.models import SpecModel
 from gennaker.spec.validation import did_you_mean, errors_from_validation
 from gennaker.spec.yamlsource import Document, SourceMap, load_file
@@ -243,7 +243,7 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _many(errors: list[SpecError]) -> Exception:
-    from gennaker.spec.errors import SpecErrors
+    from gennaker.errors import SpecErrors
 
     return SpecErrors(errors)
 

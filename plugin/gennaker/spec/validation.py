@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from gennaker.spec.errors import Loc, SpecError
+from gennaker.errors import Loc, SpecError
 from gennaker.spec.yamlsource import SourceMap
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from gennaker.spec.errors import Loc, Position, SpecError, register_source
+from gennaker.errors import Loc, Position, SpecError, register_source
 
 try:  # libyaml's composer is several times faster; fall back to pure Python.
     from yaml import CSafeLoader as _Loader

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from gennaker.cloud.errors import CloudError, ProviderUnavailable
+from gennaker.errors import CloudError, ProviderUnavailable
 
 if TYPE_CHECKING:
     from gennaker.cloud.model import Instance, Operation

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from gennaker.cloud.errors import CloudError, NotFound
 from gennaker.cloud.provider import CloudProvider
+from gennaker.errors import CloudError, NotFound
 from gennaker.hooks import cluster as cluster_hooks
 from gennaker.hooks.cluster import CONN_TYPE, DEFAULT_CONN_ID
 

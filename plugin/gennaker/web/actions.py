@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from gennaker.cloud.errors import (
+from gennaker.cloud.model import Operation, utcnow
+from gennaker.cloud.naming import parse_server_group_name
+from gennaker.cloud.provider import CloudProvider, IdempotencyKey
+from gennaker.errors import (
     AlreadyExists,
     CloudError,
     InvalidRequest,
@@ -38,9 +41,6 @@ from gennaker.cloud.errors import (
     QuotaExceeded,
     TrafficGuardViolation,
 )
-from gennaker.cloud.model import Operation, utcnow
-from gennaker.cloud.naming import parse_server_group_name
-from gennaker.cloud.provider import CloudProvider, IdempotencyKey
 from gennaker.operators.server_group import (
     DEFAULT_WAIT,
     DYNAMIC_TARGETS,

@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gennaker import __version__
 from gennaker.canary.report import canary_report_router
-from gennaker.cloud.errors import CloudError
+from gennaker.errors import CloudError
 from gennaker.web import models as m
 from gennaker.web.actionlock import ClusterLocked
 from gennaker.web.actions import Target, status_for

@@ -3,7 +3,7 @@
 One table, ``web_actions``, in the local state store's SQLite file
 (``$GENNAKER_HOME/local/state.db``, shared by every API server worker, the scheduler's
 workers and the triggerer). It is created with ``CREATE TABLE IF NOT EXISTS`` and leaves
-the store's ``user_version`` alone, so ``gennaker.cloud.state`` keeps owning its own
+the store's ``user_version`` alone, so ``gennaker.cloud.local.state`` keeps owning its own
 migrations. Writes go through :meth:`StateStore.transaction` (``BEGIN IMMEDIATE``, busy
 timeout), reads through :meth:`StateStore.snapshot`.
 
@@ -14,7 +14,7 @@ being destroyed, ...). A rollback that was still waiting when its API server wor
 stopped reads as ``INTERRUPTED``. The entry's id is the ``run_id`` of the idempotency keys
 of the action's cloud calls (``ui/<id>/<action>/<purpose>``), which is how the cluster
 history names the user behind a change. Entries older than 30 days, or beyond the newest
-100,000, are pruned as the store writes (:mod:`gennaker.cloud.retention`).
+100,000, are pruned as the store writes (:mod:`gennaker.cloud.local.retention`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import utcnow
-from gennaker.cloud.state import StateStore
 from gennaker.web.models import AuditEntry
 
 _SCHEMA = (

@@ -17,7 +17,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from gennaker.cloud.state import gennaker_home
+from gennaker.paths import gennaker_home
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ def clusters_page_url(output: Any) -> str:
     group = output.get("serverGroup")
     if not isinstance(group, str) or not group:
         return ""
-    from gennaker.cloud.errors import InvalidName
     from gennaker.cloud.naming import parse_server_group_name
+    from gennaker.errors import InvalidName
 
     try:
         application = parse_server_group_name(group).app

@@ -6,7 +6,7 @@ in two queries inside one snapshot (a consistent view that never waits for write
 the rows become the same :class:`ServerGroup` models. The cluster history reads the
 ``events`` audit log by account and server-group kinds.
 
-These queries know the tables of ``gennaker.cloud.state`` (schema version
+These queries know the tables of ``gennaker.cloud.local.state`` (schema version
 :data:`KNOWN_SCHEMA`); on a store of another version they fall back to the store's own
 methods (slower, same result), and ``tests/web`` checks both give the same answer. No
 read here starts a process: unlike :meth:`LocalProvider.instances`, nothing reconciles
@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from gennaker.cloud.local.state import SCHEMA_VERSION, StateStore
 from gennaker.cloud.model import Instance, ServerGroup
 from gennaker.cloud.naming import parse_server_group_name
-from gennaker.cloud.state import SCHEMA_VERSION, StateStore
 
 KNOWN_SCHEMA = 1
-"""The ``gennaker.cloud.state`` schema these queries were written for."""
+"""The ``gennaker.cloud.local.state`` schema these queries were written for."""
 
 HISTORY_KINDS = (
     "serverGroup.created",

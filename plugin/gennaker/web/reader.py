@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from gennaker.cloud.errors import NotFound
 from gennaker.cloud.model import Firewall, Image, LoadBalancer, ServerGroup, utcnow
 from gennaker.cloud.provider import CloudProvider
+from gennaker.errors import NotFound
 from gennaker.web.localstate import read_server_groups
 
 T = TypeVar("T")
@@ -123,7 +123,7 @@ def warm(old: AccountSnapshot, new: AccountSnapshot) -> None:
 
 def read_account(account: str, provider: CloudProvider, applications: Iterable[str] = ()) -> AccountSnapshot:
     """Read an account. ``applications``: those known elsewhere (pipelines), for providers listed per application."""
-    from gennaker.cloud.local import LocalProvider
+    from gennaker.cloud.local.provider import LocalProvider
 
     read_at = utcnow()
     if isinstance(provider, LocalProvider):

@@ -10,9 +10,9 @@ way to store it (or to grow the state file) on the server.
 
 from __future__ import annotations
 
-from gennaker.cloud.errors import InvalidRequest
 from gennaker.cloud.model import utcnow
 from gennaker.cloud.naming import parse_server_group_name
+from gennaker.errors import InvalidRequest
 from gennaker.web import models as m
 from gennaker.web.audit import new_action_id
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gennaker.cloud.errors import CloudError, NotFound
+from gennaker.cloud.local.state import StateStore, default_state_path
 from gennaker.cloud.model import Operation, OperationStatus
 from gennaker.cloud.provider import CloudProvider
-from gennaker.cloud.state import StateStore, default_state_path
+from gennaker.errors import CloudError, NotFound
 from gennaker.web import models as m
 from gennaker.web import views
 from gennaker.web.accounts import Accounts
@@ -266,7 +266,7 @@ class ClustersService:
         self, user: Any, application: str, account: str, cluster: str, *, before: int | None, limit: int
     ) -> m.HistoryResponse:
         """``GET .../clusters/{account}/{cluster}/history``: from the recorded events, operations and keys."""
-        from gennaker.cloud.local import LocalProvider
+        from gennaker.cloud.local.provider import LocalProvider
 
         self.require_read(user, application)
         cluster_of(application, cluster)
@@ -333,7 +333,7 @@ class ClustersService:
 
     def _recorded_operation(self, account: str, operation_id: str) -> Operation:
         """An operation as recorded, without advancing it (the local provider's ``operation`` would)."""
-        from gennaker.cloud.local import LocalProvider
+        from gennaker.cloud.local.provider import LocalProvider
 
         provider = self.accounts.provider(account)
         if isinstance(provider, LocalProvider):

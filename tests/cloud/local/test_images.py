@@ -36,10 +36,10 @@ from typing import Any
 import pytest
 from localcloud import build_hello, free_port
 
-from gennaker.cloud.errors import InvalidRequest, NotFound
-from gennaker.cloud.local_images import MANIFEST, TOOLS_ENV, bake, images_root, launch_spec, read_manifest
+from gennaker.cloud.local.images import MANIFEST, TOOLS_ENV, bake, images_root, launch_spec, read_manifest
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import BakeRequest, Image
-from gennaker.cloud.state import StateStore
+from gennaker.errors import InvalidRequest, NotFound
 
 REPO = Path(__file__).resolve().parents[3]
 BUILD_HELLO = REPO / "scripts" / "build-hello.sh"
@@ -469,9 +469,9 @@ def test_lost_record_or_lost_directory_is_repaired(wheels: dict[str, Path], stor
 CONCURRENT_BAKE = """
 import json, sys, time
 from pathlib import Path
-from gennaker.cloud.local_images import bake
+from gennaker.cloud.local.images import bake
 from gennaker.cloud.model import BakeRequest
-from gennaker.cloud.state import StateStore
+from gennaker.cloud.local.state import StateStore
 
 home, go, request = Path(sys.argv[1]), Path(sys.argv[2]), BakeRequest.model_validate_json(sys.argv[3])
 store = StateStore(home / "local" / "state.db")
@@ -831,7 +831,7 @@ def recording_server(folder: Path, redirect_to: str = "") -> Iterator[tuple[str,
 
 
 def test_url_credentials_go_to_the_artifacts_host_only(tmp_path: Path) -> None:
-    from gennaker.cloud.local_images import _stage_artifact
+    from gennaker.cloud.local.images import _stage_artifact
 
     served = tmp_path / "served"
     served.mkdir()
@@ -852,7 +852,7 @@ def test_url_credentials_go_to_the_artifacts_host_only(tmp_path: Path) -> None:
 
 
 def test_a_symlinked_artifact_is_not_followed(tmp_path: Path) -> None:
-    from gennaker.cloud.local_images import _stage_artifact
+    from gennaker.cloud.local.images import _stage_artifact
 
     (tmp_path / "secret").write_text("not an artifact")
     (tmp_path / "hello-1.0.0.whl").symlink_to(tmp_path / "secret")

@@ -27,10 +27,12 @@ from typing import Any
 import pytest
 from localcloud import describe, free_port, marked_processes, wait_for
 
-from gennaker.cloud import local_proxy, local_supervisor, logfiles, procenv
-from gennaker.cloud.errors import InvalidRequest
-from gennaker.cloud.local import LocalProvider
-from gennaker.cloud.local_images import bake
+from gennaker.cloud.local import logfiles, procenv
+from gennaker.cloud.local import proxy as local_proxy
+from gennaker.cloud.local import supervisor as local_supervisor
+from gennaker.cloud.local.images import bake
+from gennaker.cloud.local.provider import LocalProvider
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.locks import ClusterLocks
 from gennaker.cloud.model import (
     BakeRequest,
@@ -44,7 +46,7 @@ from gennaker.cloud.model import (
     ServerGroupSpec,
 )
 from gennaker.cloud.provider import IdempotencyKey
-from gennaker.cloud.state import StateStore
+from gennaker.errors import InvalidRequest
 
 if not Path("/proc/self/environ").exists():  # pragma: no cover - the point is what /proc shows
     pytest.skip("needs Linux /proc", allow_module_level=True)

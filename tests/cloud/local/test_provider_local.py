@@ -35,11 +35,12 @@ from typing import Any
 import pytest
 from localcloud import bounded_to, build_hello, describe, free_port, marked_processes, proc_running, wait_for
 
-from gennaker.cloud import local_proxy, local_supervisor
-from gennaker.cloud.errors import IdempotencyConflict, InvalidRequest, NotFound, TrafficGuardViolation
-from gennaker.cloud.local import LocalProvider
-from gennaker.cloud.local_images import TOOLS_ENV, bake, images_root
-from gennaker.cloud.local_proxy import ListenerPortInUse
+from gennaker.cloud.local import proxy as local_proxy
+from gennaker.cloud.local import supervisor as local_supervisor
+from gennaker.cloud.local.images import TOOLS_ENV, bake, images_root
+from gennaker.cloud.local.provider import LocalProvider
+from gennaker.cloud.local.proxy import ListenerPortInUse
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import (
     BakeRequest,
     Capacity,
@@ -52,7 +53,7 @@ from gennaker.cloud.model import (
     ServerGroupSpec,
 )
 from gennaker.cloud.provider import IdempotencyKey
-from gennaker.cloud.state import StateStore
+from gennaker.errors import IdempotencyConflict, InvalidRequest, NotFound, TrafficGuardViolation
 
 if not Path("/proc/self/environ").exists():  # pragma: no cover - leftovers are found through /proc
     pytest.skip("needs Linux /proc", allow_module_level=True)

@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 from localcloud import free_port
 
-from gennaker.cloud.errors import NotFound
-from gennaker.cloud.local_proxy import (
+from gennaker.cloud.local.proxy import (
     HISTOGRAM_BOUNDS_MS,
     ListenerPortInUse,
     MetricsRecorder,
@@ -43,6 +42,7 @@ from gennaker.cloud.local_proxy import (
     share_weights,
     stop,
 )
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import (
     Capacity,
     Firewall,
@@ -53,7 +53,7 @@ from gennaker.cloud.model import (
     LoadBalancer,
     ServerGroup,
 )
-from gennaker.cloud.state import StateStore
+from gennaker.errors import NotFound
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the local provider runs on POSIX")
 
@@ -285,7 +285,7 @@ class Lab:
                 cmdline = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"gennaker.cloud.local_proxy" in cmdline and str(self.home).encode() in cmdline:
+            if b"gennaker.cloud.local.proxy" in cmdline and str(self.home).encode() in cmdline:
                 found.append(int(entry.name))
         return found
 

@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import Capacity, Health, Image, Instance, ServerGroup
-from gennaker.cloud.state import StateStore
 
-sup = pytest.importorskip("gennaker.cloud.local_supervisor")
+sup = pytest.importorskip("gennaker.cloud.local.supervisor")
 
 if not Path("/proc/self/stat").exists():  # pragma: no cover - the supervisor's identity checks read /proc
     pytest.skip("needs Linux /proc", allow_module_level=True)
@@ -520,8 +520,8 @@ def test_the_supervisor_survives_the_death_of_the_process_that_started_it(local:
     local.group(desired=1)
     starter = f"""
 import os, signal, sys
-from gennaker.cloud.local_supervisor import SupervisorOptions, ensure_running
-from gennaker.cloud.state import StateStore
+from gennaker.cloud.local.supervisor import SupervisorOptions, ensure_running
+from gennaker.cloud.local.state import StateStore
 pid = ensure_running(StateStore({str(local.store.path)!r}), {str(local.home)!r}, {ACCOUNT!r}, {REGION!r}, {GROUP!r},
                      options=SupervisorOptions(interval=0.1, restart_backoff=0.05, stop_grace=2.0))
 print(pid, flush=True)

@@ -19,12 +19,14 @@ from typing import Any
 import pytest
 from localcloud import build_hello, proc_running, wait_for
 
-from gennaker.cloud import local_proxy, local_supervisor, local_watchdog
-from gennaker.cloud.local_images import bake, images_root
-from gennaker.cloud.local_proxy import RoutingTable
-from gennaker.cloud.local_supervisor import DESTROYING_TAG, SupervisorPaths
+from gennaker.cloud.local import proxy as local_proxy
+from gennaker.cloud.local import supervisor as local_supervisor
+from gennaker.cloud.local import watchdog as local_watchdog
+from gennaker.cloud.local.images import bake, images_root
+from gennaker.cloud.local.proxy import RoutingTable
+from gennaker.cloud.local.state import StateStore
+from gennaker.cloud.local.supervisor import DESTROYING_TAG, SupervisorPaths
 from gennaker.cloud.model import Capacity, Health, Instance, LoadBalancer, ServerGroup
-from gennaker.cloud.state import StateStore
 from gennaker.triggers.server_group import measure_health
 from gennaker.web import views
 from gennaker.web.reader import read_account

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from gennaker.cloud.errors import InvalidRequest
+from gennaker.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from gennaker.cloud.state import StateStore
+    from gennaker.cloud.local.state import StateStore
 
 log = logging.getLogger(__name__)
 

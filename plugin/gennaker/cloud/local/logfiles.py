@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from gennaker.cloud.errors import InvalidRequest
-from gennaker.cloud.privfiles import open_private, write_private
+from gennaker.cloud.local.privfiles import open_private, write_private
+from gennaker.errors import InvalidRequest
 
-log = logging.getLogger("gennaker.cloud.logfiles")
+log = logging.getLogger("gennaker.cloud.local.logfiles")
 
 MAX_BYTES_ENV = "GENNAKER_LOCAL_LOG_MAX_BYTES"
 KEEP_ENV = "GENNAKER_LOCAL_LOG_KEEP"

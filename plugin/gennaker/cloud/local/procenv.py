@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from gennaker.cloud.errors import InvalidRequest
+from gennaker.errors import InvalidRequest
 
 BASE_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 PASS_ENV = "GENNAKER_LOCAL_PASS_ENV"

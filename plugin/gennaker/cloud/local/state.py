@@ -19,7 +19,7 @@ are rows of their own (the supervisor updates health without rewriting the group
 :meth:`StateStore.get_server_group` joins them back. The ``names`` table reserves
 server group names (see :meth:`StateStore.allocate_server_group_name`) and the
 ``events`` table is the audit log. Events, finished operations and the other logs are
-pruned by age and count as part of writing (:mod:`gennaker.cloud.retention`).
+pruned by age and count as part of writing (:mod:`gennaker.cloud.local.retention`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gennaker.cloud import privfiles, retention
-from gennaker.cloud.errors import IdempotencyConflict, InvalidName, InvalidRequest, NotFound, ProviderUnavailable
+from gennaker.cloud.local import privfiles, retention
 from gennaker.cloud.model import (
     CloudModel,
     Event,
@@ -52,6 +51,8 @@ from gennaker.cloud.model import (
 )
 from gennaker.cloud.naming import format_server_group_name, next_sequence, parse_server_group_name
 from gennaker.cloud.provider import IdempotencyKey
+from gennaker.errors import IdempotencyConflict, InvalidName, InvalidRequest, NotFound, ProviderUnavailable
+from gennaker.paths import gennaker_home
 
 SCHEMA_VERSION = 1
 M = TypeVar("M", bound=CloudModel)
@@ -92,14 +93,6 @@ CREATE TABLE events (
     account TEXT, key TEXT, message TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX events_subject ON events (subject, id);
 """
-
-
-def gennaker_home() -> Path:
-    """``$GENNAKER_HOME``, else ``$AIRFLOW_HOME/gennaker``, else ``~/airflow/gennaker``."""
-    if os.environ.get("GENNAKER_HOME"):
-        return Path(os.environ["GENNAKER_HOME"]).expanduser()
-    airflow_home = os.environ.get("AIRFLOW_HOME")
-    return (Path(airflow_home).expanduser() if airflow_home else Path.home() / "airflow") / "gennaker"
 
 
 def default_state_path() -> Path:
@@ -196,7 +189,7 @@ class StateStore:
             self._prune_now_and_then()
 
     def _prune_now_and_then(self) -> None:
-        """Apply the retention (:mod:`gennaker.cloud.retention`) after a write, at most once a minute."""
+        """Apply the retention (:mod:`gennaker.cloud.local.retention`) after a write, at most once a minute."""
         self._local.pruning = True  # the prune's own transaction must not prune again
         try:
             retention.maybe_prune(self)
@@ -707,4 +700,4 @@ def _event(row: Sequence[Any]) -> Event:
     )
 
 
-__all__ = ["SCHEMA_VERSION", "StateStore", "default_state_path", "gennaker_home"]
+__all__ = ["SCHEMA_VERSION", "StateStore", "default_state_path"]

@@ -6,7 +6,7 @@ Heartbeat
     the state store is only as fresh as that file.
 
 Reads (:func:`observe`)
-    What :class:`~gennaker.cloud.local.LocalProvider` returns (and the Clusters page shows)
+    What :class:`~gennaker.cloud.local.provider.LocalProvider` returns (and the Clusters page shows)
     is the store's rows, corrected by what is known right now:
 
     - an instance whose recorded process has ended reads Down ("its process (pid N) has
@@ -39,13 +39,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gennaker.cloud import local_proxy, local_supervisor
-from gennaker.cloud.errors import CloudError, NotFound
-from gennaker.cloud.local_supervisor import DESTROYING_TAG, SupervisorPaths
+from gennaker.cloud.local import proxy as local_proxy
+from gennaker.cloud.local import supervisor as local_supervisor
+from gennaker.cloud.local.state import StateStore
+from gennaker.cloud.local.supervisor import DESTROYING_TAG, SupervisorPaths
 from gennaker.cloud.model import Health, Instance, LoadBalancer, ServerGroup
-from gennaker.cloud.state import StateStore
+from gennaker.errors import CloudError, NotFound
 
-log = logging.getLogger("gennaker.cloud.local_watchdog")
+log = logging.getLogger("gennaker.cloud.local.watchdog")
 
 MIN_STALE_SECONDS = 10.0
 """A heartbeat is stale after max(this, :data:`STALE_INTERVALS` x the supervisor's interval)."""

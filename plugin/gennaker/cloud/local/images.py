@@ -43,7 +43,7 @@ and ``tags``. Nothing writes to an image directory after it is renamed into plac
 Every image is started the same way (see :func:`launch_spec`): ``start_command`` as an
 argv list, with the image directory as the working directory (a relative program such
 as ``venv/bin/python`` is relative to it), a minimal environment (PATH, HOME, LANG...:
-:mod:`~gennaker.cloud.procenv`, never the caller's) plus the manifest's
+:mod:`~gennaker.cloud.local.procenv`, never the caller's) plus the manifest's
 ``env``, the server group's environment, and ``PORT``, ``HOST`` (127.0.0.1),
 ``GENNAKER_INSTANCE_ID``, ``GENNAKER_SERVER_GROUP`` and ``GENNAKER_IMAGE_ID``. The
 instance must serve its health check (``manifest["health_check"]["path"]``, default
@@ -98,10 +98,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gennaker.cloud import privfiles, procenv
-from gennaker.cloud.errors import CloudError, InvalidRequest, NotFound, ProviderUnavailable
+from gennaker.cloud.local import privfiles, procenv
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import BakeRequest, Image, utcnow
-from gennaker.cloud.state import StateStore, gennaker_home
+from gennaker.errors import CloudError, InvalidRequest, NotFound, ProviderUnavailable
+from gennaker.paths import gennaker_home
 from gennaker.redact import redact_text
 from gennaker.safehttp import open_url
 

@@ -48,15 +48,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gennaker.cloud import local_images, local_proxy, local_supervisor, local_watchdog
-from gennaker.cloud.errors import (
-    CloudError,
-    InvalidRequest,
-    NotFound,
-    ProviderUnavailable,
-    TrafficGuardViolation,
-)
 from gennaker.cloud.limits import Limits, desired_total, local_limits
+from gennaker.cloud.local import images as local_images
+from gennaker.cloud.local import proxy as local_proxy
+from gennaker.cloud.local import supervisor as local_supervisor
+from gennaker.cloud.local import watchdog as local_watchdog
+from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import (
     BakeRequest,
     Capacity,
@@ -75,7 +72,14 @@ from gennaker.cloud.model import (
 )
 from gennaker.cloud.naming import cluster_name, parse_server_group_name
 from gennaker.cloud.provider import CloudProvider, IdempotencyKey
-from gennaker.cloud.state import StateStore, gennaker_home
+from gennaker.errors import (
+    CloudError,
+    InvalidRequest,
+    NotFound,
+    ProviderUnavailable,
+    TrafficGuardViolation,
+)
+from gennaker.paths import gennaker_home
 from gennaker.redact import redact_url
 
 log = logging.getLogger(__name__)
@@ -610,7 +614,7 @@ class LocalProvider(CloudProvider):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return False
-        return local_supervisor.MODULE.encode() in cmdline and name.encode() in cmdline
+        return any(m.encode() in cmdline for m in local_supervisor.MODULES) and name.encode() in cmdline
 
     def _update(self, op: Operation, message: str) -> Operation:
         if op.message == message:
@@ -721,7 +725,7 @@ def stop_everything(home: Path | None = None) -> list[str]:
     The state is kept: the next call that needs a server group or load balancer starts its
     processes again (reconcile on use), as after a machine restart.
     """
-    from gennaker.cloud.state import gennaker_home
+    from gennaker.paths import gennaker_home
 
     home = home or gennaker_home()
     stopped: list[str] = []

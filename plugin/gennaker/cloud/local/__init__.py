@@ -1,0 +1,13 @@
+"""The local provider: an account on this host, no cloud needed (the demo's and the tests').
+
+- ``provider``: :class:`~gennaker.cloud.local.provider.LocalProvider`, the ``CloudProvider`` of a local account
+- ``state``: its SQLite state (images, server groups, instances, load balancers, operations, events)
+- ``images``: baking artifacts into immutable image folders
+- ``supervisor``: one process per server group keeping its instances running on 127.0.0.1
+- ``proxy``: one HTTP reverse proxy per load balancer (weights, draining, per-second metrics)
+- ``watchdog``: health as it can be believed now; restarting dead supervisors and proxies
+- ``procenv``, ``logfiles``, ``privfiles``, ``retention``: the processes' environment, rotated logs,
+  private files, pruning of recorded rows
+
+Nothing is imported here: a supervisor or proxy process imports only what it runs.
+"""
