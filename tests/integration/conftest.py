@@ -32,6 +32,9 @@ from typing import Any
 
 import pytest
 import requests
+from localcloud import Cloud, bake_hello, bounded_to, provider_env
+
+from gennaker.cloud.local.provider import LocalProvider
 
 REPO = Path(__file__).resolve().parents[2]
 SPECS = Path(__file__).resolve().parent / "pipelines"
@@ -60,6 +63,12 @@ def _free_port() -> int:
 
 def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def timestamp(moment: datetime | None) -> float:
+    """A task's start or end date (which must be set) as ``time.time()`` seconds, to compare with samples."""
+    assert moment is not None
+    return moment.timestamp()
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: float = POLL) -> Any:
@@ -434,3 +443,56 @@ def alive(airflow: Airflow) -> Airflow:
     """The session's Airflow, checked to still run all of its processes."""
     _check_alive(airflow.processes)
     return airflow
+
+
+# ---------------------------------------------------------------------- the cloud the test process drives
+
+HELLO_RELEASES: dict[str, str | tuple[str, tuple[str, ...]]] = {"v1": "1.0.0", "v2": "2.0.0"}
+"""The demo service releases of the ``images`` fixture, unless a test module names its own ``RELEASES``
+(``name -> version``, or ``name -> (version, build options)``)."""
+
+
+@pytest.fixture(autouse=True)
+def bounded(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that runs longer than its module's ``TEST_SECONDS`` (teardown still cleans up); none: no bound."""
+    seconds = getattr(request.module, "TEST_SECONDS", None)
+    if seconds is None:
+        yield
+        return
+    with bounded_to(seconds):
+        yield
+
+
+@pytest.fixture(scope="module")
+def cloud_env(airflow: Airflow, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test process's environment for the provider (the session's home; inherited by what it starts); the mark."""
+    with provider_env(airflow.gennaker_home, tmp_path_factory.mktemp("bake-tools")) as mark:
+        yield mark
+
+
+@pytest.fixture(scope="module")
+def images(
+    request: pytest.FixtureRequest, airflow: Airflow, cloud_env: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """The module's ``RELEASES`` of the demo service (else 1.0.0 and 2.0.0), baked in the session's home: ids."""
+    releases = {
+        name: (release, ()) if isinstance(release, str) else release
+        for name, release in getattr(request.module, "RELEASES", HELLO_RELEASES).items()
+    }
+    provider = LocalProvider(home=airflow.gennaker_home)
+    try:
+        return bake_hello(provider, releases, lambda name: tmp_path_factory.mktemp(f"hello-{name}"))
+    finally:
+        provider.close()
+
+
+@pytest.fixture
+def cloud(airflow: Airflow, cloud_env: str) -> Iterator[Cloud]:
+    """Local providers in the session's home; every process they start is stopped after the test (else it fails)."""
+    lab = Cloud(airflow.gennaker_home, cloud_env)
+    try:
+        yield lab
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)  # the cleanup runs to its end
+        problems = lab.close()
+    assert not problems, "\n".join(problems)

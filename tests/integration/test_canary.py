@@ -20,105 +20,27 @@ requests to each load balancer:
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from localcloud import bounded_to, build_hello, wait_for
+from localcloud import Cloud, Load, Sample, wait_for
 
-from gennaker.cloud.local.images import TOOLS_ENV
 from gennaker.cloud.local.provider import LocalProvider
-from gennaker.cloud.model import BakeRequest, OperationStatus
-from gennaker.cloud.provider import IdempotencyKey
 
 from .conftest import Airflow
-from .test_server_group_stages import Cloud, Load, Sample
 
 pytestmark = pytest.mark.integration
 
 if not Path("/proc/self/environ").exists():  # pragma: no cover - leftovers are found through /proc
     pytest.skip("needs Linux /proc", allow_module_level=True)
 
-ACCOUNT = REGION = "local"
-PYTHON_BASE = f"python-{sys.version_info[0]}.{sys.version_info[1]}"
 RELEASES = {"v1": ("1.0.0", ()), "good": ("2.0.0", ()), "bad": ("2.0.1", ("--latency-ms", "80", "--error-rate", "0.2"))}
 GOOD, BAD, CANCEL = "hello.canary-good", "hello.canary-bad", "hello.canary-cancel"
 TEST_SECONDS = 200
 RUN_SECONDS = 150.0
-
-
-@pytest.fixture(autouse=True)
-def bounded() -> Iterator[None]:
-    """Fail a test that runs longer than TEST_SECONDS (teardown still cleans up)."""
-    with bounded_to(TEST_SECONDS):
-        yield
-
-
-@pytest.fixture(scope="module")
-def canary_env(airflow: Airflow, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The test process's environment for the provider (inherited by what it starts); the mark."""
-    mark = uuid.uuid4().hex
-    wanted = {
-        "GENNAKER_HOME": str(airflow.gennaker_home),
-        "GENNAKER_TEST_MARK": mark,
-        "GENNAKER_LOCAL_SUPERVISOR_INTERVAL": "0.2s",
-        "GENNAKER_LOCAL_STOP_GRACE": "3s",
-        TOOLS_ENV: str(tmp_path_factory.mktemp("bake-tools")),
-    }
-    previous = {name: os.environ.get(name) for name in wanted}
-    os.environ.update(wanted)
-    try:
-        yield mark
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@pytest.fixture(scope="module")
-def images(airflow: Airflow, canary_env: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """1.0.0, a good 2.0.0 and a bad 2.0.1 of the demo service, baked into the session's home: image ids."""
-    provider = LocalProvider(ACCOUNT, REGION, home=airflow.gennaker_home)
-    try:
-        found = {}
-        for name, (version, options) in RELEASES.items():
-            wheel = build_hello(version, tmp_path_factory.mktemp(f"hello-{name}"), *options)
-            request = BakeRequest(
-                package="hello-service",
-                version=version,
-                artifact=str(wheel),
-                application="hello",
-                base=PYTHON_BASE,
-                account=ACCOUNT,
-                region=REGION,
-            )
-            op = provider.bake(request, IdempotencyKey("test_canary", "setup", "bake", name))
-            assert op.status is OperationStatus.SUCCEEDED, op.message
-            found[name] = str(op.result["image_id"])
-        return found
-    finally:
-        provider.close()
-
-
-@pytest.fixture
-def cloud(airflow: Airflow, canary_env: str) -> Iterator[Cloud]:
-    import signal
-
-    lab = Cloud(airflow.gennaker_home, canary_env)
-    try:
-        yield lab
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)  # the cleanup runs to its end
-        problems = lab.close()
-    assert not problems, "\n".join(problems)
 
 
 def live_cluster(cloud: Cloud, provider: LocalProvider, image: str, stack: str) -> tuple[int, str]:

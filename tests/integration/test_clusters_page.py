@@ -13,24 +13,19 @@ Screenshots, light and dark, are kept in tests/artifacts/browser/.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 from browser.chromium import chromium, log_in, new_context, screenshot
-from localcloud import bounded_to, build_hello
+from localcloud import FAST_HEALTH, Cloud
 
-from gennaker.cloud.local.images import TOOLS_ENV
 from gennaker.cloud.local.provider import LocalProvider
-from gennaker.cloud.model import BakeRequest, Capacity, Health, OperationStatus, ServerGroupSpec
-from gennaker.cloud.provider import IdempotencyKey
+from gennaker.cloud.model import Capacity, Health, OperationStatus, ServerGroupSpec
 
 from .conftest import USERS, Airflow
-from .test_server_group_stages import FAST_HEALTH, Cloud
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page
@@ -38,6 +33,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 ACCOUNT = REGION = "local"
+RELEASES = {"v1": "1.0.0"}  # baked by the images fixture (conftest)
 TEST_SECONDS = 240
 UI_WAIT = 30_000  # ms: a page, a dialog, an action's end
 LINK_PIPELINE = "hello.page-link"
@@ -58,12 +54,6 @@ stages:
 """
 
 
-@pytest.fixture(autouse=True)
-def bounded() -> Iterator[None]:
-    with bounded_to(TEST_SECONDS):
-        yield
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with chromium() as b:
@@ -71,58 +61,9 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def cloud_env(airflow: Airflow, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The provider's environment in this process (the session's home; inherited by what it starts); the mark."""
-    mark = uuid.uuid4().hex
-    wanted = {
-        "GENNAKER_HOME": str(airflow.gennaker_home),
-        "GENNAKER_TEST_MARK": mark,
-        "GENNAKER_LOCAL_SUPERVISOR_INTERVAL": "0.2s",
-        "GENNAKER_LOCAL_STOP_GRACE": "3s",
-        TOOLS_ENV: str(tmp_path_factory.mktemp("bake-tools")),
-    }
-    previous = {name: os.environ.get(name) for name in wanted}
-    os.environ.update(wanted)
-    try:
-        yield mark
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@pytest.fixture(scope="module")
-def image(airflow: Airflow, cloud_env: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def image(images: dict[str, str]) -> str:
     """The demo service 1.0.0, baked into the session's home: its image id."""
-    wheel = build_hello("1.0.0", tmp_path_factory.mktemp("hello-dist"))
-    provider = LocalProvider(ACCOUNT, REGION, home=airflow.gennaker_home)
-    try:
-        request = BakeRequest(
-            package="hello-service",
-            version="1.0.0",
-            artifact=str(wheel),
-            application="hello",
-            base=f"python-{sys.version_info[0]}.{sys.version_info[1]}",
-            account=ACCOUNT,
-            region=REGION,
-        )
-        op = provider.bake(request, IdempotencyKey("test_clusters_page", "setup", "bake", "v1"))
-        assert op.status is OperationStatus.SUCCEEDED, op.message
-        return str(op.result["image_id"])
-    finally:
-        provider.close()
-
-
-@pytest.fixture
-def cloud(airflow: Airflow, cloud_env: str) -> Iterator[Cloud]:
-    lab = Cloud(airflow.gennaker_home, cloud_env)
-    try:
-        yield lab
-    finally:
-        problems = lab.close()
-    assert not problems, "\n".join(problems)
+    return images["v1"]
 
 
 def create(cloud: Cloud, provider: LocalProvider, image: str, stack: str, *, enabled: bool) -> str:

@@ -16,29 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localcloud import build_hello, wait_for
+from localcloud import ACCOUNT, REGION, Cloud, Load, Sample, build_hello, wait_for
 
 from gennaker.cloud.local.provider import LocalProvider
 from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import ServerGroup
 
 from .conftest import FINISHED_RUN, Airflow, wait_until
-from .test_server_group_stages import (  # noqa: F401 - fixtures used by name
-    ACCOUNT,
-    REGION,
-    Cloud,
-    Load,
-    Sample,
-    _at,
-    bounded,
-    cloud,
-    cloud_env,
-    images,
-)
+from .conftest import timestamp as _at
 
 pytestmark = pytest.mark.integration
 
+RELEASES = {"v1": "1.0.0", "v2": "2.0.0"}  # baked by the images fixture (conftest)
 RUN_TIMEOUT = 150
+TEST_SECONDS = 300
 
 
 def _groups(home: Path, cluster: str) -> list[ServerGroup]:
