@@ -39,10 +39,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gennaker.cloud.local import privfiles
 from gennaker.cloud.local import proxy as local_proxy
 from gennaker.cloud.local import supervisor as local_supervisor
 from gennaker.cloud.local.state import StateStore
-from gennaker.cloud.local.supervisor import DESTROYING_TAG, SupervisorPaths
+from gennaker.cloud.local.supervisor_options import DESTROYING_TAG, SupervisorPaths
 from gennaker.cloud.model import Health, Instance, LoadBalancer, ServerGroup
 from gennaker.errors import CloudError, NotFound
 
@@ -91,7 +92,7 @@ def heartbeat_file(paths: SupervisorPaths) -> Path:
 def write_heartbeat(paths: SupervisorPaths, pid: int, interval: float) -> None:
     """Record that the supervisor ``pid`` finished a pass now."""
     text = json.dumps({"at": time.time(), "pid": pid, "interval": interval})
-    local_supervisor._write_atomic(heartbeat_file(paths), text)
+    privfiles.write_private(heartbeat_file(paths), text)  # 0600: only our user reads the run files
 
 
 def read_heartbeat(paths: SupervisorPaths) -> Heartbeat | None:
