@@ -3,8 +3,11 @@
 - ``provider``: :class:`~gennaker.cloud.local.provider.LocalProvider`, the ``CloudProvider`` of a local account
 - ``state``: its SQLite state (images, server groups, instances, load balancers, operations, events)
 - ``images``: baking artifacts into immutable image folders
-- ``supervisor``: one process per server group keeping its instances running on 127.0.0.1
-- ``proxy``: one HTTP reverse proxy per load balancer (weights, draining, per-second metrics)
+- ``supervisor``: one process per server group keeping its instances running on 127.0.0.1 (its pieces:
+  ``supervisor_options``, ``supervisor_health``, ``instance_processes``, ``reconcile``)
+- ``proxy``: one HTTP reverse proxy per load balancer (its pieces: ``proxy_routing`` weights and firewalls,
+  ``proxy_http`` forwarding, ``proxy_metrics`` per-second metrics, ``proxy_process`` listeners and lifecycle)
+- ``processes``: the process helpers they share (pids, identity, detached start, locks, pid files, ports)
 - ``watchdog``: health as it can be believed now; restarting dead supervisors and proxies
 - ``procenv``, ``logfiles``, ``privfiles``, ``retention``: the processes' environment, rotated logs,
   private files, pruning of recorded rows

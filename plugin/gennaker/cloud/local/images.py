@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import contextlib
 import email.parser
-import fcntl
 import hashlib
 import json
 import logging
@@ -93,12 +92,12 @@ import urllib.parse
 import uuid
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gennaker.cloud.local import privfiles, procenv
+from gennaker.cloud.local import privfiles, procenv, processes
 from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import BakeRequest, Image, utcnow
 from gennaker.errors import CloudError, InvalidRequest, NotFound, ProviderUnavailable
@@ -295,7 +294,7 @@ def _python_runtime(major: int, minor: int, base: str) -> Runtime:
             problems.append(f"{candidate}: {error}")
             continue
         if done.returncode != 0:
-            problems.append(f"{candidate}: {_tail(done.stderr or done.stdout, 2)}")
+            problems.append(f"{candidate}: {processes.tail(done.stderr or done.stdout, 2)}")
             continue
         info = json.loads(done.stdout)
         if tuple(info["major_minor"]) != (major, minor):
@@ -341,7 +340,7 @@ def _java_runtime(major: int, base: str) -> Runtime:
     output = done.stderr + done.stdout
     found = re.search(r'version "([^"]+)"', output)
     if done.returncode != 0 or not found:
-        raise InvalidRequest(f"base {base}: cannot tell the version of {java}: {_tail(output, 2)}", hint=hint)
+        raise InvalidRequest(f"base {base}: cannot tell the version of {java}: {processes.tail(output, 2)}", hint=hint)
     version = found[1]
     numbers = [int(number) for number in re.findall(r"\d+", version)[:2]] or [0]
     have = numbers[1] if numbers[0] == 1 and len(numbers) > 1 else numbers[0]  # 1.8.0_392 is Java 8
@@ -754,7 +753,14 @@ def bake(store: StateStore, request: BakeRequest, *, home: Path | None = None) -
             env=dict(PYTHON_ENV) if artifact.kind in ("wheel", "sdist") else {},
         )
         key = _slot_key(plan.inputs_hash, request.account, request.region)
-        with _flock(root / f".lock-{key[:32]}", LOCK_TIMEOUT_SECONDS):
+        lock = root / f".lock-{key[:32]}"
+        with processes.flock(
+            lock,
+            timeout=LOCK_TIMEOUT_SECONDS,
+            message=f"another bake of the same inputs has held {lock} for over {LOCK_TIMEOUT_SECONDS:.0f}s",
+            hint="wait for it to finish (or end the stuck process), then retry",
+            poll=0.1,
+        ):
             for stale in root.glob(f".tmp-{key[:16]}-*"):  # a crashed bake of these inputs (we hold the lock)
                 shutil.rmtree(stale, ignore_errors=True)
             existing, image_id, rebake = _choose(store, root, plan)
@@ -1031,13 +1037,8 @@ def _run(argv: Sequence[str], what: str, *, timeout: float, hint: str) -> None:
     except OSError as error:
         raise InvalidRequest(f"{what} failed: {error}", hint=hint) from None
     if done.returncode != 0:
-        output = _tail("\n".join(part for part in (done.stdout, done.stderr) if part.strip()), 15)
+        output = processes.tail("\n".join(part for part in (done.stdout, done.stderr) if part.strip()), 15)
         raise InvalidRequest(f"{what} failed (exit {done.returncode}): {output}", hint=hint)
-
-
-def _tail(text: str, lines: int) -> str:
-    kept = [line for line in text.strip().splitlines() if line.strip()][-lines:]
-    return "\n".join(kept) if kept else "(no output)"
 
 
 # --------------------------------------------------------------------------- tarballs
@@ -1059,28 +1060,6 @@ def _extract(path: Path, target: Path) -> None:
 
 
 # --------------------------------------------------------------------------- files and locks
-
-
-@contextlib.contextmanager
-def _flock(path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``, waited for up to ``timeout`` seconds (any process, any thread)."""
-    with open(path, "a+b", opener=privfiles.open_private) as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ProviderUnavailable(
-                        f"another bake of the same inputs has held {path} for over {timeout:.0f}s",
-                        hint="wait for it to finish (or end the stuck process), then retry",
-                    ) from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

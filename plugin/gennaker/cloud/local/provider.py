@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -50,6 +49,7 @@ from typing import Any, ClassVar
 
 from gennaker.cloud.limits import Limits, desired_total, local_limits
 from gennaker.cloud.local import images as local_images
+from gennaker.cloud.local import processes
 from gennaker.cloud.local import proxy as local_proxy
 from gennaker.cloud.local import supervisor as local_supervisor
 from gennaker.cloud.local import watchdog as local_watchdog
@@ -604,17 +604,7 @@ class LocalProvider(CloudProvider):
     def _supervisor_exiting(self, region: str, name: str) -> bool:
         """The group's last supervisor let go of its lock but its process has not ended yet."""
         paths = local_supervisor.SupervisorPaths.of(self.home, self.account, region, name)
-        try:
-            pid = int(paths.alive_file.read_text().strip() or 0)
-        except (OSError, ValueError):
-            return False
-        if not local_supervisor.pid_alive(pid):
-            return False
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return any(m.encode() in cmdline for m in local_supervisor.MODULES) and name.encode() in cmdline
+        return local_supervisor.is_supervisor(processes.read_pid(paths.alive_file), paths)
 
     def _update(self, op: Operation, message: str) -> Operation:
         if op.message == message:
@@ -678,7 +668,7 @@ class LocalProvider(CloudProvider):
             except NotFound:
                 held = set()
         for port in ports:
-            if port not in held and not _port_free(port):
+            if port not in held and not processes.port_free(port):
                 raise local_proxy.ListenerPortInUse(port)
 
     def _wait_listening(self, ports: Sequence[int], name: str) -> None:
@@ -686,7 +676,7 @@ class LocalProvider(CloudProvider):
         deadline = time.monotonic() + LISTEN_TIMEOUT
         waiting = list(ports)
         while waiting:
-            waiting = [port for port in waiting if not _listening(port)]
+            waiting = [port for port in waiting if not processes.listening(port)]
             if not waiting:
                 return
             if time.monotonic() > deadline:
@@ -743,25 +733,6 @@ def stop_everything(home: Path | None = None) -> list[str]:
         finally:
             store.close()
     return stopped
-
-
-def _port_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:``port`` (bound as the proxy binds it, so TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((local_proxy.HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection((local_proxy.HOST, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def _aggregate(name: str, buckets: Sequence[Any]) -> float | None:
