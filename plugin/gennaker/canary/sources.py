@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from gennaker import safehttp
 from gennaker.redact import redact_text, redact_url
 from gennaker.safehttp import credential_request, origin, split_userinfo
-from gennaker.spec.models import CANARY_QUERY_VARIABLES, LATER_METRIC_SOURCES
+from gennaker.spec.models import CANARY_QUERY_VARIABLES
 
 if TYPE_CHECKING:
     from gennaker.cloud.provider import CloudProvider
@@ -152,8 +152,19 @@ class MetricSource(abc.ABC):
 
     kind: ClassVar[str]
     default_step: ClassVar[timedelta]
+    known_queries: ClassVar[tuple[str, ...] | None] = None
+    """The only queries this source answers (checked when the spec is built), or ``None`` for any text."""
     settle: ClassVar[float] = 0.0
     """Seconds after a window ends before its last samples are in (the stage waits this much longer)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_spec(cls, spec: Mapping[str, Any], provider: Callable[[], CloudProvider]) -> MetricSource:
+        """The source a stage's ``metricSource`` (a dict with the spec's keys) describes.
+
+        ``provider`` builds the stage account's provider, for a source that reads through it.
+        Raise :class:`MetricSourceError` for settings that cannot work.
+        """
 
     @abc.abstractmethod
     def fetch(self, query: str, scope: Scope, start: datetime, end: datetime, step: timedelta) -> Series:
@@ -176,9 +187,25 @@ class LocalMetricSource(MetricSource):
     kind: ClassVar[str] = "local"
     default_step: ClassVar[timedelta] = timedelta(seconds=1)
     settle: ClassVar[float] = 2.0  # the proxies flush their per-second counts every second
+    known_queries: ClassVar[tuple[str, ...] | None] = LOCAL_SERIES
 
     def __init__(self, provider: CloudProvider) -> None:
         self.provider = provider
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], provider: Callable[[], CloudProvider]) -> LocalMetricSource:
+        """The local series of the stage's account, which must be a local one."""
+        from gennaker.cloud import registry
+
+        chosen = provider()
+        if chosen.kind != cls.kind:
+            later = registry.planned_metric_source_of(chosen.kind)
+            why = f"; {later.later}" if later is not None and later.later else ""
+            raise MetricSourceError(
+                f"metric source 'local' reads the local load balancers, but account {chosen.account!r} is a "
+                f"{chosen.kind!r} account{why}: use a prometheus metric source meanwhile"
+            )
+        return cls(chosen)
 
     def describe(self) -> str:
         return f"the local load balancers of account {self.provider.account!r}"
@@ -230,6 +257,11 @@ class PrometheusMetricSource(MetricSource):
         self.retries = retries
         self._open = opener or safehttp.opener().open
         self._shown = redact_url(self.endpoint)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], provider: Callable[[], CloudProvider]) -> PrometheusMetricSource:
+        """The ``endpoint`` (or the Airflow ``connection``) and ``timeout`` of the spec."""
+        return _prometheus(spec)
 
     def describe(self) -> str:
         return f"Prometheus at {self._shown}"
@@ -373,39 +405,38 @@ def _from_connection(conn_id: str) -> _ConnectionParts:
 def metric_source(spec: Mapping[str, Any], provider: Callable[[], CloudProvider]) -> MetricSource:
     """The source a stage's ``metricSource`` (a dict with the spec's keys) names.
 
-    ``provider`` builds the stage account's provider (only the local source needs it).
+    Its ``type`` picks the class from the registry (entry point group ``gennaker.metric_sources``,
+    :mod:`gennaker.cloud.registry`), which builds itself (``from_spec``). ``provider`` builds
+    the stage account's provider (only a source that reads through it calls it).
     """
-    kind = spec.get("type") or "local"
-    if kind in LATER_METRIC_SOURCES:
-        raise MetricSourceError(f"metric source {kind!r} is not available yet: {LATER_METRIC_SOURCES[kind]}")
-    if kind == "local":
-        chosen = provider()
-        if chosen.kind != "local":
-            later = {"aws": "cloudwatch", "gcp": "cloudMonitoring"}.get(chosen.kind)
-            why = f"; {LATER_METRIC_SOURCES[later]}" if later else ""
+    from gennaker.cloud import registry
+
+    kind = str(spec.get("type") or "local")
+    try:
+        source: type[MetricSource] = registry.metric_source_class(kind)
+    except registry.Unavailable as error:
+        raise MetricSourceError(error.message) from None
+    return source.from_spec(spec, provider)
+
+
+def _prometheus(spec: Mapping[str, Any]) -> PrometheusMetricSource:
+    """A ``prometheus`` metricSource: its endpoint, or its Airflow connection's (credentials to that host only)."""
+    timeout = _seconds(spec.get("timeout"), 30.0)
+    if spec.get("connection"):
+        parts = _from_connection(str(spec["connection"]))
+        endpoint = str(spec.get("endpoint") or parts.endpoint)
+        if origin(endpoint) != origin(parts.endpoint):
+            # The connection's credentials belong to its host: never send them to another one.
             raise MetricSourceError(
-                f"metric source 'local' reads the local load balancers, but account {chosen.account!r} is a "
-                f"{chosen.kind!r} account{why}: use a prometheus metric source meanwhile"
+                f"metric source endpoint {redact_url(endpoint)} is not on the host of Airflow connection "
+                f"{spec['connection']!r} ({redact_url(parts.endpoint)}), and a connection's credentials are sent "
+                f"to its own host only: drop 'endpoint' (or give its path on the connection's host), or use a "
+                f"connection for that host"
             )
-        return LocalMetricSource(chosen)
-    if kind == "prometheus":
-        timeout = _seconds(spec.get("timeout"), 30.0)
-        if spec.get("connection"):
-            parts = _from_connection(str(spec["connection"]))
-            endpoint = str(spec.get("endpoint") or parts.endpoint)
-            if origin(endpoint) != origin(parts.endpoint):
-                # The connection's credentials belong to its host: never send them to another one.
-                raise MetricSourceError(
-                    f"metric source endpoint {redact_url(endpoint)} is not on the host of Airflow connection "
-                    f"{spec['connection']!r} ({redact_url(parts.endpoint)}), and a connection's credentials are sent "
-                    f"to its own host only: drop 'endpoint' (or give its path on the connection's host), or use a "
-                    f"connection for that host"
-                )
-            return PrometheusMetricSource(endpoint, headers=parts.headers, timeout=timeout)
-        if not spec.get("endpoint"):
-            raise MetricSourceError("a prometheus metric source needs an endpoint (or an Airflow connection)")
-        return PrometheusMetricSource(str(spec["endpoint"]), timeout=timeout)
-    raise MetricSourceError(f"unknown metric source {kind!r}; gennaker has local and prometheus")
+        return PrometheusMetricSource(endpoint, headers=parts.headers, timeout=timeout)
+    if not spec.get("endpoint"):
+        raise MetricSourceError("a prometheus metric source needs an endpoint (or an Airflow connection)")
+    return PrometheusMetricSource(str(spec["endpoint"]), timeout=timeout)
 
 
 def _seconds(value: Any, default: float) -> float:

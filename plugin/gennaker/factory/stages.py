@@ -334,19 +334,24 @@ def canary_config(s: CanaryStage, spec_path: Path | None) -> tuple[dict[str, Any
 
     From the stage's ``metrics``, or its ``configFile`` read as is (relative to the spec
     file). Raises :class:`CanaryConfigProblem` for a file that cannot be read or judged, and
-    for a query the local metric source does not have.
+    for a query the metric source can never answer (the local one has a fixed set of series).
     """
-    from gennaker.canary.sources import LOCAL_SERIES, kayenta_config, queries_from_kayenta
+    from gennaker.canary.sources import kayenta_config, queries_from_kayenta
+    from gennaker.cloud import registry
 
     source = s.metric_source.type
+    try:  # the spec's validation made sure an installed source has this type; it may still fail to import
+        known: tuple[str, ...] | None = registry.metric_source_class(source).known_queries
+    except registry.Unavailable as error:
+        raise CanaryConfigProblem(error.message, ("metricSource", "type")) from None
     if s.config_file is None:
         metrics = [m.model_dump(mode="json", by_alias=True) for m in s.metrics]
         config = kayenta_config(metrics, group_weights=s.group_weights, name=s.id, source=source)
         queries = {m.name: m.query for m in s.metrics}
         for j, m in enumerate(s.metrics):
-            if source == "local" and m.query not in LOCAL_SERIES:
+            if known is not None and m.query not in known:
                 raise CanaryConfigProblem(
-                    f"the local metric source has no series {m.query!r}; it has {', '.join(LOCAL_SERIES)}",
+                    f"the {source} metric source has no series {m.query!r}; it has {', '.join(known)}",
                     ("metrics", j, "query"),
                 )
         return config, queries
@@ -360,12 +365,12 @@ def canary_config(s: CanaryStage, spec_path: Path | None) -> tuple[dict[str, Any
         raise CanaryConfigProblem(f"{s.config_file}: {error}", ("configFile",)) from None
     if s.group_weights:
         config.setdefault("classifier", {})["groupWeights"] = dict(s.group_weights)
-    if source == "local":
-        unknown = sorted(n for n, q in queries.items() if q not in LOCAL_SERIES)
+    if known is not None:
+        unknown = sorted(n for n, q in queries.items() if q not in known)
         if unknown:
             raise CanaryConfigProblem(
-                f"{s.config_file}: metric(s) {', '.join(map(repr, unknown))} query series the local metric source "
-                f"does not have (it has {', '.join(LOCAL_SERIES)}); is metricSource prometheus?",
+                f"{s.config_file}: metric(s) {', '.join(map(repr, unknown))} query series the {source} metric source "
+                f"does not have (it has {', '.join(known)}); is metricSource prometheus?",
                 ("configFile",),
             )
     return config, queries

@@ -1,18 +1,12 @@
 """A stage's ``account`` is an Airflow connection id; :class:`ClusterHook` turns it into a cloud provider.
 
-=====================================  ==========================================================
-connection                             provider
-=====================================  ==========================================================
-``local``, no connection configured    the embedded :class:`~gennaker.cloud.local.provider.LocalProvider`
-                                       (``$GENNAKER_HOME``, region ``local``, no traffic guards)
-type ``gennaker_local``                a :class:`LocalProvider` for that account; the extra may set
-                                       ``home``, ``region``, ``traffic_guards`` (clusters that
-                                       never lose their last serving server group) and the capacity
-                                       limits ``max_server_group_capacity`` (default 20) and
-                                       ``max_account_instances`` (default 100)
-type ``aws`` / ``google_cloud_platform``  refused: those providers are not built yet
-anything else                          refused, naming the connection and its type
-=====================================  ==========================================================
+The connection's type picks the provider through the registry (:mod:`gennaker.cloud.registry`,
+entry point group ``gennaker.providers``), and the provider class builds itself from the
+connection (``from_connection``): what a ``gennaker_local`` connection may set is told in
+:mod:`gennaker.cloud.local.account`. The account ``local`` works without any connection (the
+embedded local provider). A connection of a type no installed provider serves is refused,
+naming the connection and its type; one of a cloud gennaker plans (``aws``,
+``google_cloud_platform``) says which extra brings it (``pip install 'gennaker[aws]'``).
 
 Nothing here touches the network or a cloud SDK at import time; the provider is
 built on first use and cached per hook instance.
@@ -20,44 +14,20 @@ built on first use and cached per hook instance.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
-from pathlib import Path
+import functools
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from gennaker.cloud.limits import ACCOUNT_SETTING, GROUP_SETTING, Limits, local_limits
-from gennaker.errors import InvalidRequest, NotFound
+from gennaker.cloud import registry
+from gennaker.cloud.registry import AccountNotFound, AccountNotSupported
 
 if TYPE_CHECKING:
     from gennaker.cloud.provider import CloudProvider
 
-CONN_TYPE = "gennaker_local"
+CONN_TYPE = registry.DEFAULT_CONNECTION_TYPE
 DEFAULT_CONN_ID = "local"
 DEFAULT_REGION = "local"
-
-# Connection types of clouds gennaker will support, and which provider that will be.
-_NOT_BUILT = {
-    "aws": "AWS",
-    "google_cloud_platform": "Google Cloud",
-    "gcp": "Google Cloud",
-}
-
-
-class AccountNotSupported(InvalidRequest):
-    """The stage's account is a connection gennaker cannot use (yet)."""
-
-    default_hint = "use a connection of type gennaker_local, or the embedded account 'local' (no connection needed)"
-
-
-class AccountNotFound(NotFound):
-    """The stage's account names no Airflow connection."""
-
-    default_hint = (
-        "create an Airflow connection of type gennaker_local with that id (or set AIRFLOW_CONN_<ID>), "
-        "or use the embedded account 'local'"
-    )
 
 
 class ClusterHook(BaseHook):
@@ -116,8 +86,6 @@ class ClusterHook(BaseHook):
     def _build(self) -> CloudProvider:
         from airflow.sdk.exceptions import AirflowNotFoundException
 
-        from gennaker.cloud.local.provider import LocalProvider
-
         try:
             conn = self.get_connection(self.conn_id)
         except AirflowNotFoundException:
@@ -125,73 +93,50 @@ class ClusterHook(BaseHook):
                 raise AccountNotFound(
                     f"account {self.conn_id!r}: there is no Airflow connection {self.conn_id!r}"
                 ) from None
-            return LocalProvider(DEFAULT_CONN_ID, self.region or DEFAULT_REGION)
-        conn_type = conn.conn_type or ""
-        if conn_type == CONN_TYPE:
-            extra = conn.extra_dejson
-            home = _field(extra, "home")
-            return LocalProvider(
-                self.conn_id,
-                self.region or _field(extra, "region") or DEFAULT_REGION,
-                home=Path(str(home)).expanduser() if home else None,
-                guarded_clusters=_clusters(_field(extra, "traffic_guards"), self.conn_id),
-                limits=_limits(extra, self.conn_id),
-            )
-        if conn_type in _NOT_BUILT:
-            raise AccountNotSupported(
-                f"account {self.conn_id!r} is a {_NOT_BUILT[conn_type]} connection (type {conn_type!r}): "
-                f"gennaker's {_NOT_BUILT[conn_type]} provider is not built yet"
-            )
-        raise AccountNotSupported(
-            f"account {self.conn_id!r} is a connection of type {conn_type!r}, which is not a cloud account "
-            f"gennaker knows ({CONN_TYPE}; aws and google_cloud_platform are not built yet)"
-        )
+            provider = registry.provider_class(CONN_TYPE, DEFAULT_CONN_ID)
+            return provider.from_connection(DEFAULT_CONN_ID, None, self.region)
+        provider = registry.provider_class(conn.conn_type or "", self.conn_id)
+        return provider.from_connection(self.conn_id, conn, self.region)
 
 
-def _field(extra: dict[str, Any], name: str) -> Any:
-    """An extra field as written in JSON (``home``) or as an older form saved it (``extra__gennaker_local__home``)."""
-    value = extra.get(name)
-    if value is None or value == "":
-        value = extra.get(f"extra__{CONN_TYPE}__{name}")
-    return None if value == "" else value
+HOOK_PREFIX = registry.HOOK_PREFIX
 
 
-def _limits(extra: dict[str, Any], conn_id: str) -> Limits:
-    """``max_server_group_capacity`` / ``max_account_instances`` of the extra, else ``GENNAKER_LOCAL_MAX_*``."""
-    settings = {name: _field(extra, name) for name in (GROUP_SETTING, ACCOUNT_SETTING)}
-    try:
-        return local_limits({k: v for k, v in settings.items() if v is not None})
-    except InvalidRequest as error:
-        raise AccountNotSupported(
-            f"connection {conn_id!r}: {error.message}", hint="write a whole number of instances, e.g. 20"
-        ) from None
+@functools.cache
+def hook_class(connection_type: str) -> type[ClusterHook]:
+    """:class:`ClusterHook` for ``gennaker_local``, else its subclass declaring ``connection_type``.
 
-
-def _clusters(value: Any, conn_id: str) -> list[str]:
-    """``traffic_guards`` as a JSON list, a JSON text of one, or comma-separated names (the UI form's field)."""
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                raise AccountNotSupported(
-                    f"connection {conn_id!r}: traffic_guards {text!r} is not a JSON list of cluster names",
-                    hint='write it as ["hello-prod"] or as hello-prod, hello-staging',
-                ) from None
-        else:
-            return [part.strip() for part in text.split(",") if part.strip()]
-    if isinstance(value, Iterable) and not isinstance(value, (dict, bytes)):
-        names = [str(v).strip() for v in value]
-        return [n for n in names if n]
-    raise AccountNotSupported(
-        f"connection {conn_id!r}: traffic_guards must be a list of cluster names, not {type(value).__name__}",
-        hint='write it as ["hello-prod"] or as hello-prod, hello-staging',
+    Airflow takes a hook's ``conn_type`` over the provider info's, so every connection type
+    other than ``gennaker_local`` gets a subclass of its own (``ClusterHook_<type>``, made by
+    this module's ``__getattr__``; :func:`registry.hook_class_path` names it): Airflow's form,
+    "Test" button and ``BaseHook.get_hook`` then work for a provider that a package adds.
+    """
+    if connection_type == CONN_TYPE:
+        return ClusterHook
+    label = getattr(registry.provider_class(connection_type, connection_type), "connection_label", "")
+    return type(
+        f"{HOOK_PREFIX}{connection_type}",
+        (ClusterHook,),
+        {
+            "__module__": __name__,
+            "__doc__": f"A gennaker account of a {connection_type} connection.",
+            "conn_type": connection_type,
+            "hook_name": label or connection_type,
+            "default_conn_name": f"{connection_type}_default",
+        },
     )
+
+
+def __getattr__(name: str) -> Any:
+    # ``gennaker.hooks.cluster.ClusterHook_<type>``: the hook a provider's connection type is registered with.
+    if name.startswith(HOOK_PREFIX):
+        return hook_class(name[len(HOOK_PREFIX) :])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def provider_for(conn_id: str = DEFAULT_CONN_ID, region: str | None = None) -> CloudProvider:
     """The provider of an account: what stages and triggers call (tests replace it)."""
     return ClusterHook(conn_id=conn_id, region=region).get_provider()
+
+
+__all__ = ["AccountNotFound", "AccountNotSupported", "ClusterHook", "hook_class", "provider_for"]

@@ -196,9 +196,24 @@ class ClusterRef(SpecModel):
 class CloudStage(StageBase):
     """A stage that talks to a cloud provider account."""
 
-    provider: Literal["local", "aws", "gcp"] = "local"
+    provider: str = Field(
+        default="local",
+        description="the kind of cloud: local, or the kind of an installed provider (aws and gcp once built)",
+        examples=["local", "aws", "gcp"],
+    )
     account: str = Field(default="local", description="Airflow connection id of the provider account")
     region: str | None = None
+
+    @field_validator("provider")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        # The registry knows the kinds of the installed providers (gennaker.providers entry points).
+        from gennaker.cloud.registry import provider_kind_problem
+
+        problem = provider_kind_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
 
 class HealthCheck(SpecModel):
@@ -495,20 +510,15 @@ class CanaryMetric(SpecModel):
         return v
 
 
-CanaryMetricSourceType = Literal["local", "prometheus", "cloudwatch", "cloudMonitoring"]
-LATER_METRIC_SOURCES = {
-    "cloudwatch": "CloudWatch metrics arrive with the AWS provider",
-    "cloudMonitoring": "Google Cloud Monitoring metrics arrive with the GCP provider",
-}
-
-
 class MetricSource(SpecModel):
     """Where a canary's metrics come from."""
 
-    type: CanaryMetricSourceType = Field(
+    type: str = Field(
         default="local",
         description="local: the local load balancers' per-server-group series; prometheus: PromQL over the "
-        "Prometheus HTTP API (query_range); cloudwatch and cloudMonitoring arrive with the AWS and GCP providers",
+        "Prometheus HTTP API (query_range); cloudwatch and cloudMonitoring arrive with the AWS and GCP providers; "
+        "or the type of an installed metric source",
+        examples=["local", "prometheus", "cloudwatch", "cloudMonitoring"],
     )
     endpoint: str | None = Field(
         default=None, description="prometheus: base URL of the HTTP API, e.g. http://prometheus:9090"
@@ -525,11 +535,13 @@ class MetricSource(SpecModel):
     @field_validator("type")
     @classmethod
     def _available(cls, v: str) -> str:
-        if v in LATER_METRIC_SOURCES:
-            raise ValueError(
-                f"metric source {v!r} is not available yet: {LATER_METRIC_SOURCES[v]}; "
-                "use local or prometheus meanwhile"
-            )
+        # The registry knows the installed metric sources (gennaker.metric_sources entry points).
+        from gennaker.cloud import registry
+
+        problem = registry.metric_source_problem(v)
+        if problem is not None:
+            later = v in registry.PLANNED_METRIC_SOURCES
+            raise ValueError(problem + (f"; use {registry.installed_metric_sources_text()} meanwhile" if later else ""))
         return v
 
     @field_validator("step")

@@ -1,4 +1,7 @@
-"""The accounts the Clusters API shows: the embedded ``local`` one and every ``gennaker_local`` connection.
+"""The accounts the Clusters API shows: the embedded ``local`` one and every connection of a provider's type.
+
+A provider's type is a connection type of the provider registry (:func:`registry.connection_types`:
+``gennaker_local``, and whatever installed package adds one).
 
 Connections are found where Airflow keeps them and where they can be listed: the
 metadata database, and ``AIRFLOW_CONN_<ID>`` environment variables (JSON or URI form).
@@ -18,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from gennaker.cloud import registry
 from gennaker.cloud.provider import CloudProvider
 from gennaker.errors import CloudError, NotFound
 from gennaker.hooks import cluster as cluster_hooks
-from gennaker.hooks.cluster import CONN_TYPE, DEFAULT_CONN_ID
+from gennaker.hooks.cluster import DEFAULT_CONN_ID
 
 ENV_PREFIX = "AIRFLOW_CONN_"
 
@@ -52,23 +56,26 @@ def _env_conn_type(value: str) -> str | None:
 
 
 def environment_accounts(environ: dict[str, str] | None = None) -> list[Account]:
-    """``gennaker_local`` connections defined as ``AIRFLOW_CONN_<ID>`` variables."""
+    """Connections of a provider's type defined as ``AIRFLOW_CONN_<ID>`` variables."""
     env = os.environ if environ is None else environ
+    types = set(registry.connection_types())
     found = []
     for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and _env_conn_type(value) == CONN_TYPE:
+        if key.startswith(ENV_PREFIX) and _env_conn_type(value) in types:
             found.append(Account(key[len(ENV_PREFIX) :].lower(), _fingerprint("env", value)))
     return found
 
 
 def database_accounts() -> list[Account]:
-    """``gennaker_local`` connections of Airflow's metadata database."""
+    """Connections of a provider's type in Airflow's metadata database."""
     from airflow.models.connection import Connection
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
-        connections = session.scalars(select(Connection).where(Connection.conn_type == CONN_TYPE)).all()
+        connections = session.scalars(
+            select(Connection).where(Connection.conn_type.in_(registry.connection_types()))
+        ).all()
         return [Account(str(c.conn_id), _fingerprint("db", c.host, c.extra)) for c in connections]
 
 
@@ -117,7 +124,7 @@ class Accounts:
                 return account
         raise NotFound(
             f"account {name!r} is not a gennaker account",
-            hint=f"accounts are 'local' and the Airflow connections of type {CONN_TYPE}",
+            hint=f"accounts are 'local' and the Airflow connections of type {' or '.join(registry.connection_types())}",
         )
 
     def provider(self, name: str) -> CloudProvider:

@@ -53,6 +53,7 @@ from gennaker.cloud.local import processes
 from gennaker.cloud.local import proxy as local_proxy
 from gennaker.cloud.local import supervisor as local_supervisor
 from gennaker.cloud.local import watchdog as local_watchdog
+from gennaker.cloud.local.account import LocalAccount
 from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import (
     BakeRequest,
@@ -95,7 +96,7 @@ LISTEN_TIMEOUT = 10.0
 DESTROYING_TAG = local_supervisor.DESTROYING_TAG
 
 
-class LocalProvider(CloudProvider):
+class LocalProvider(LocalAccount, CloudProvider):
     """Server groups as supervised processes on 127.0.0.1, load balancers as local proxies."""
 
     kind: ClassVar[str] = "local"
