@@ -47,13 +47,13 @@ import time
 import urllib.error
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gennaker import safehttp
 from gennaker.redact import redact_text, redact_url
-from gennaker.safehttp import credential_request, origin, split_userinfo
+from gennaker.safehttp import credential_request, split_userinfo
 from gennaker.spec.models import CANARY_QUERY_VARIABLES
 
 if TYPE_CHECKING:
@@ -261,7 +261,9 @@ class PrometheusMetricSource(MetricSource):
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], provider: Callable[[], CloudProvider]) -> PrometheusMetricSource:
         """The ``endpoint`` (or the Airflow ``connection``) and ``timeout`` of the spec."""
-        return _prometheus(spec)
+        from gennaker.canary.prometheus_spec import prometheus_source
+
+        return prometheus_source(spec)
 
     def describe(self) -> str:
         return f"Prometheus at {self._shown}"
@@ -370,38 +372,6 @@ def _error_detail(error: urllib.error.HTTPError) -> str:
 # --------------------------------------------------------------------------- choosing a source
 
 
-@dataclass
-class _ConnectionParts:
-    endpoint: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _from_connection(conn_id: str) -> _ConnectionParts:
-    """An Airflow connection's URL and credentials (host with scheme, or schema + host + port; login/password)."""
-    import base64
-
-    from airflow.sdk import BaseHook
-
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception as error:
-        raise MetricSourceError(f"cannot read Airflow connection {conn_id!r} for Prometheus: {error}") from error
-    host = (conn.host or "").rstrip("/")
-    if not host:
-        raise MetricSourceError(f"Airflow connection {conn_id!r} has no host (the Prometheus URL)")
-    if "://" not in host:
-        scheme = conn.schema or "http"
-        host = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-    headers: dict[str, str] = {}
-    if conn.login:
-        token = base64.b64encode(f"{conn.login}:{conn.password or ''}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
-    extra = conn.extra_dejson.get("headers") if conn.extra else None
-    if isinstance(extra, Mapping):
-        headers.update({str(k): str(v) for k, v in extra.items()})
-    return _ConnectionParts(host, headers)
-
-
 def metric_source(spec: Mapping[str, Any], provider: Callable[[], CloudProvider]) -> MetricSource:
     """The source a stage's ``metricSource`` (a dict with the spec's keys) names.
 
@@ -417,26 +387,6 @@ def metric_source(spec: Mapping[str, Any], provider: Callable[[], CloudProvider]
     except registry.Unavailable as error:
         raise MetricSourceError(error.message) from None
     return source.from_spec(spec, provider)
-
-
-def _prometheus(spec: Mapping[str, Any]) -> PrometheusMetricSource:
-    """A ``prometheus`` metricSource: its endpoint, or its Airflow connection's (credentials to that host only)."""
-    timeout = _seconds(spec.get("timeout"), 30.0)
-    if spec.get("connection"):
-        parts = _from_connection(str(spec["connection"]))
-        endpoint = str(spec.get("endpoint") or parts.endpoint)
-        if origin(endpoint) != origin(parts.endpoint):
-            # The connection's credentials belong to its host: never send them to another one.
-            raise MetricSourceError(
-                f"metric source endpoint {redact_url(endpoint)} is not on the host of Airflow connection "
-                f"{spec['connection']!r} ({redact_url(parts.endpoint)}), and a connection's credentials are sent "
-                f"to its own host only: drop 'endpoint' (or give its path on the connection's host), or use a "
-                f"connection for that host"
-            )
-        return PrometheusMetricSource(endpoint, headers=parts.headers, timeout=timeout)
-    if not spec.get("endpoint"):
-        raise MetricSourceError("a prometheus metric source needs an endpoint (or an Airflow connection)")
-    return PrometheusMetricSource(str(spec["endpoint"]), timeout=timeout)
 
 
 def _seconds(value: Any, default: float) -> float:
