@@ -151,3 +151,13 @@ def test_airflow_builds_the_hook_from_a_connection(monkeypatch: pytest.MonkeyPat
     assert isinstance(hook, ClusterHook)
     assert hook.conn_id == "staging"
     assert hook.get_provider().region == "eu"
+
+
+def test_each_connection_type_has_its_hook_class() -> None:
+    from gennaker.hooks import cluster
+
+    assert cluster.hook_class("gennaker_local") is ClusterHook
+    # A type no installed provider serves has no hook: hasattr() and Airflow's import_string see AttributeError.
+    assert not hasattr(cluster, "ClusterHook_postgres")
+    with pytest.raises(AttributeError, match="'postgres', which is not a cloud account gennaker knows"):
+        cluster.ClusterHook_postgres  # noqa: B018

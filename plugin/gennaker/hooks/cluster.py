@@ -130,7 +130,10 @@ def hook_class(connection_type: str) -> type[ClusterHook]:
 def __getattr__(name: str) -> Any:
     # ``gennaker.hooks.cluster.ClusterHook_<type>``: the hook a provider's connection type is registered with.
     if name.startswith(HOOK_PREFIX):
-        return hook_class(name[len(HOOK_PREFIX) :])
+        try:
+            return hook_class(name[len(HOOK_PREFIX) :])
+        except AccountNotSupported as error:  # hasattr() and Airflow's import_string expect AttributeError
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}: {error.message}") from None
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
