@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import pickle
@@ -393,6 +394,79 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     assert allocate(again) == "hello-prod-v001"
     mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+# The tables of schema version 1 as gennaker 0.1 wrote them (state.py before it was split): a file
+# written then must open as it is, and a new file must get exactly these tables.
+RELEASED_SCHEMA_V1 = """
+CREATE TABLE images (
+    id TEXT PRIMARY KEY, account TEXT NOT NULL, region TEXT NOT NULL, package TEXT NOT NULL,
+    application TEXT, inputs_hash TEXT NOT NULL, created TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX images_package ON images (account, region, package, created);
+CREATE INDEX images_inputs ON images (account, region, inputs_hash);
+CREATE TABLE server_groups (
+    account TEXT NOT NULL, region TEXT NOT NULL, name TEXT NOT NULL, cluster TEXT NOT NULL,
+    application TEXT NOT NULL, created TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (account, region, name));
+CREATE INDEX server_groups_cluster ON server_groups (account, region, cluster, created);
+CREATE INDEX server_groups_application ON server_groups (application, created);
+CREATE TABLE instances (
+    id TEXT PRIMARY KEY, account TEXT NOT NULL, region TEXT NOT NULL, server_group TEXT NOT NULL,
+    body TEXT NOT NULL);
+CREATE INDEX instances_server_group ON instances (account, region, server_group);
+CREATE TABLE load_balancers (
+    account TEXT NOT NULL, region TEXT NOT NULL, name TEXT NOT NULL, application TEXT NOT NULL,
+    body TEXT NOT NULL, PRIMARY KEY (account, region, name));
+CREATE TABLE firewalls (
+    account TEXT NOT NULL, region TEXT NOT NULL, name TEXT NOT NULL, application TEXT NOT NULL,
+    body TEXT NOT NULL, PRIMARY KEY (account, region, name));
+CREATE TABLE operations (
+    id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, status TEXT NOT NULL,
+    started TEXT NOT NULL, updated TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX operations_status ON operations (status, started);
+CREATE TABLE names (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, account TEXT NOT NULL, region TEXT NOT NULL,
+    cluster TEXT NOT NULL, name TEXT NOT NULL, reserved_by TEXT, reserved TEXT NOT NULL,
+    released INTEGER NOT NULL DEFAULT 0, UNIQUE (account, region, name));
+CREATE INDEX names_cluster ON names (account, region, cluster, seq);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, kind TEXT NOT NULL, subject TEXT NOT NULL,
+    account TEXT, key TEXT, message TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX events_subject ON events (subject, id);
+"""
+
+
+def _tables(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall()
+    return {name: " ".join(sql.split()) for name, sql in rows}
+
+
+def test_a_state_file_of_the_released_schema_opens_as_it_is(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as conn:
+        conn.executescript(RELEASED_SCHEMA_V1)
+        conn.execute("PRAGMA user_version = 1")
+        body = json.dumps(group().model_dump(mode="json", exclude={"instances"}))
+        conn.execute(
+            "INSERT INTO server_groups VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (ACCOUNT, REGION, "hello-prod-v000", "hello-prod", "hello", "2025-03-01T12:00:00.000000Z", body),
+        )
+        conn.execute(
+            "INSERT INTO names (account, region, cluster, name, reserved_by, reserved) VALUES (?, ?, ?, ?, ?, ?)",
+            (ACCOUNT, REGION, "hello-prod", "hello-prod-v000", str(key()), "2025-03-01T12:00:00.000000Z"),
+        )
+    conn.close()
+    released = _tables(old)
+
+    store = StateStore(old)
+    assert store.get_server_group(ACCOUNT, REGION, "hello-prod-v000").capacity == Capacity.fixed(1)
+    assert allocate(store, reserved_by=key()) == "hello-prod-v000"  # the reservation made before is still held
+    assert allocate(store) == "hello-prod-v001"
+    store.close()
+    assert _tables(old) == released  # nothing was migrated
+    assert _tables(StateStore(tmp_path / "new.db").path) == released  # and a new file gets the same tables
+    assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone()[0] == 1
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING
 from gennaker.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from gennaker.cloud.local.state import StateStore
+    from gennaker.cloud.local.state_db import StateFile
 
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL_SECONDS = 60.0
 """At most one prune per process and state file in this many seconds."""
-METRICS_TABLE = "lb_metrics"  # local_proxy.METRICS_TABLE (local_proxy imports the store, so not imported here)
+METRICS_TABLE = "lb_metrics"  # proxy_metrics.METRICS_TABLE (the proxy imports the store, so not imported here)
 AUDIT_TABLE = "web_actions"  # gennaker.web.audit's table
 FINISHED_OPERATIONS = ("SUCCEEDED", "FAILED")
 
@@ -92,7 +92,7 @@ _due: dict[tuple[int, str], float] = {}
 _due_lock = threading.Lock()
 
 
-def maybe_prune(store: StateStore) -> None:
+def maybe_prune(store: StateFile) -> None:
     """Prune ``store`` if this process has not in the last :data:`PRUNE_INTERVAL_SECONDS`; never raises."""
     key = (os.getpid(), str(store.path))
     now = time.monotonic()
@@ -106,7 +106,7 @@ def maybe_prune(store: StateStore) -> None:
         log.warning("pruning %s failed (tried again within %gs): %s", store.path, PRUNE_INTERVAL_SECONDS, error)
 
 
-def prune(store: StateStore, policy: Retention | None = None, now: datetime | None = None) -> dict[str, int]:
+def prune(store: StateFile, policy: Retention | None = None, now: datetime | None = None) -> dict[str, int]:
     """Delete what the retention no longer keeps, in one transaction; the rows deleted per table."""
     policy = policy or Retention.from_env()
     now = now or datetime.now(timezone.utc)
@@ -181,7 +181,7 @@ def _prune_metrics(db: sqlite3.Connection, now: datetime, policy: Retention) -> 
 
 
 def _ts(moment: datetime) -> str:
-    """The stored form of a time (``state._ts``): sortable UTC text."""
+    """The stored form of a time (``state_db.ts``, which imports this module): sortable UTC text."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
