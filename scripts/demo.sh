@@ -9,7 +9,8 @@ if [ "${1:-}" = "stop" ]; then
     # Stop the local provider's supervisors (and so the instances) and load balancers of the demo.
     exec .venv/bin/gennaker local-stop --home "${GENNAKER_HOME:-$AIRFLOW_HOME/gennaker}"
 fi
-scripts/setup.sh
+# The core is enough for the local provider; GENNAKER_EXTRAS (e.g. aws,gcp) adds clouds' providers.
+scripts/setup.sh "${GENNAKER_EXTRAS:-}"
 
 # standalone starts its components as `airflow ...` from PATH
 export PATH="$ROOT/.venv/bin:$PATH"

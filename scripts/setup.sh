@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install gennaker (editable) with the pinned versions in requirements-lock.txt.
-# Usage: scripts/setup.sh [extra]    e.g. scripts/setup.sh test
+# Usage: scripts/setup.sh [extras]   extras, comma-separated: test (the test tools), and the clouds
+#        aws, gcp, jenkins or all (their Airflow providers); e.g. scripts/setup.sh test,aws
+# With none, only the core: Airflow, the local provider, the Clusters page (what `make demo` needs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRA="${1:-}"
@@ -20,11 +22,12 @@ if [ ! -x .venv/bin/python ]; then
   $UV venv --quiet --python "$PY" .venv
 fi
 echo "==> installing gennaker $SPEC (pinned by requirements-lock.txt)"
-$UV pip install --quiet --python .venv/bin/python -c requirements-lock.txt -e "$SPEC"
+# setuptools: scripts/build-hello.sh builds the demo service's releases with it (gennaker itself needs none).
+$UV pip install --quiet --python .venv/bin/python -c requirements-lock.txt -e "$SPEC" setuptools
 
 # The Clusters page's browser tests drive Debian's Chromium with Playwright (Playwright's own browser
 # download does not work here): install it once for the test extra.
-if [ "$EXTRA" = "test" ] && [ ! -x "${GENNAKER_CHROMIUM:-/usr/bin/chromium}" ]; then
+if [[ ",$EXTRA," == *,test,* ]] && [ ! -x "${GENNAKER_CHROMIUM:-/usr/bin/chromium}" ]; then
   if [ "$(id -u)" = "0" ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; else SUDO="none"; fi
   if [ "$SUDO" != "none" ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing chromium (Debian package) for the browser tests"
