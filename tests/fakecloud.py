@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar
 
+from gennaker.cloud.limits import Limits, desired_total
 from gennaker.cloud.model import (
     BakeRequest,
     Capacity,
@@ -30,6 +31,7 @@ from gennaker.cloud.provider import (
     CloudProvider,
     IdempotencyConflict,
     IdempotencyKey,
+    InvalidRequest,
     NotFound,
     TrafficGuardViolation,
 )
@@ -42,8 +44,18 @@ class FakeProvider(CloudProvider):
 
     kind: ClassVar[str] = "local"
 
-    def __init__(self, account: str = "local", region: str = "local", *, guarded: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        account: str = "local",
+        region: str = "local",
+        *,
+        guarded: Iterable[str] = (),
+        limits: Limits | None = None,
+    ) -> None:
         super().__init__(account, region)
+        self._limits = limits or Limits()
+        self.load_balancers: dict[str, LoadBalancer] = {}
+        self.firewalls: dict[str, Firewall] = {}
         self.groups: dict[str, ServerGroup] = {}
         self.images: list[Image] = []
         self.ops: dict[str, Operation] = {}
@@ -56,6 +68,10 @@ class FakeProvider(CloudProvider):
         self.closed = False
         self._ids = itertools.count(1)
         self._clock = itertools.count(1)
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
 
     # ----------------------------------------------------------------------- test helpers
 
@@ -140,6 +156,10 @@ class FakeProvider(CloudProvider):
         self.ops[op.id] = op.replace(status=status, message=message)
         return self.ops[op.id]
 
+    def _check_capacity(self, capacity: Capacity, what: str, replaces: str | None) -> None:
+        others = desired_total(self.groups.values(), excluding=replaces)
+        self.limits.check(capacity, what, account=self.account, others=others)
+
     def _guard(self, group: ServerGroup, action: str) -> None:
         cluster = parse_server_group_name(group.name).cluster
         if cluster not in self.guarded:
@@ -160,7 +180,30 @@ class FakeProvider(CloudProvider):
     # ----------------------------------------------------------------------- images
 
     def bake(self, request: BakeRequest, key: IdempotencyKey) -> Operation:
-        raise NotImplementedError
+        op, created = self._claim(key, OperationKind.BAKE, request.to_dict())
+        if not created:
+            return op
+        region = request.region or self.region
+        same = [i for i in self.images if i.region == region and i.inputs_hash == request.inputs_hash()]
+        if same and not request.rebake:
+            image = same[0]
+        else:
+            image = Image(
+                id=f"img-{next(self._ids)}",
+                name=f"{request.package}-{request.version}",
+                package=request.package,
+                version=request.version,
+                application=request.application,
+                base=request.base,
+                region=region,
+                account=self.account,
+                inputs_hash=request.inputs_hash(),
+                created=T0 + timedelta(minutes=next(self._clock)),
+                tags=dict(request.tags),
+            )
+            self.images.append(image)
+        self.ops[op.id] = op.replace(result={"image_id": image.id})
+        return self._done(self.ops[op.id], f"baked {image.id}")
 
     def find_images(
         self,
@@ -190,7 +233,22 @@ class FakeProvider(CloudProvider):
     # ----------------------------------------------------------------------- server groups
 
     def create_server_group(self, spec: ServerGroupSpec, key: IdempotencyKey) -> Operation:
-        raise NotImplementedError
+        self.calls.append(("create", spec.cluster, str(key)))
+        if str(key) not in self.op_by_key:  # checked before anything is recorded, as every provider does
+            self.get_image(spec.image_id)
+            self._check_capacity(spec.capacity, f"the next server group of {spec.cluster}", None)
+        op, created = self._claim(key, OperationKind.CREATE_SERVER_GROUP, spec.to_dict())
+        if not created:
+            return op
+        # The cluster's next sequence: above every group it has, including one being destroyed.
+        sequence = max((g.sequence for g in self.groups.values() if g.cluster == spec.cluster), default=-1) + 1
+        group = spec.server_group(sequence, T0 + timedelta(minutes=next(self._clock)))
+        name = group.name
+        self.acted.append(("create", name))
+        self.groups[name] = group.replace(created_by=spec.created_by or key.created_by())
+        self.set_health(name, up=spec.capacity.desired)
+        self.ops[op.id] = op.replace(result={"server_group": name})
+        return self._done(self.ops[op.id], f"created {name}")
 
     def get_server_group(self, name: str, *, region: str | None = None) -> ServerGroup:
         try:
@@ -213,6 +271,8 @@ class FakeProvider(CloudProvider):
     ) -> Operation:
         self.calls.append(("resize", name, str(key)))
         group = self.get_server_group(name)
+        if str(key) not in self.op_by_key:
+            self._check_capacity(capacity, name, name)
         if capacity.desired == 0 and group.enabled:
             self._guard(group, f"resizing {name} to 0")
         op, created = self._claim(
@@ -246,6 +306,11 @@ class FakeProvider(CloudProvider):
 
     def destroy_server_group(self, name: str, key: IdempotencyKey, *, region: str | None = None) -> Operation:
         self.calls.append(("destroy", name, str(key)))
+        if name not in self.groups:  # the goal is reached
+            op, created = self._claim(key, OperationKind.DESTROY_SERVER_GROUP, {"server_group": name})
+            if created:
+                self.ops[op.id] = op.replace(status=OperationStatus.SUCCEEDED, message=f"{name} is already gone")
+            return self.ops[op.id]
         group = self.get_server_group(name)
         if group.enabled:
             self._guard(group, f"destroying {name}")
@@ -272,27 +337,80 @@ class FakeProvider(CloudProvider):
         decrement: bool = False,
         region: str | None = None,
     ) -> Operation:
-        raise NotImplementedError
+        self.calls.append(("terminate", server_group, str(key)))
+        group = self.get_server_group(server_group)
+        if str(key) not in self.op_by_key and instance_id not in {i.id for i in group.instances}:
+            raise NotFound(f"instance {instance_id} is not an instance of {server_group}")
+        request = {"server_group": server_group, "instance": instance_id, "decrement": decrement}
+        op, created = self._claim(key, OperationKind.TERMINATE_INSTANCE, request)
+        if not created:
+            return op
+        self.acted.append(("terminate", server_group))
+        instances = tuple(i for i in group.instances if i.id != instance_id)
+        if decrement:
+            desired = max(group.capacity.desired - 1, 0)
+            capacity = Capacity(min=min(group.capacity.min, desired), max=group.capacity.max, desired=desired)
+            group = group.replace(capacity=capacity)
+        else:  # the group replaces it
+            new = Instance(id=f"{server_group}-i{next(self._ids)}", server_group=server_group, host="127.0.0.1")
+            instances += (new.replace(health=Health.UP),)
+        self.groups[server_group] = group.replace(instances=instances)
+        return self._done(op, f"terminated {instance_id}")
 
     # ----------------------------------------------------------------------- load balancers, firewalls, metrics
 
     def upsert_load_balancer(self, load_balancer: LoadBalancer, key: IdempotencyKey) -> Operation:
-        raise NotImplementedError
+        op, created = self._claim(key, OperationKind.UPSERT_LOAD_BALANCER, load_balancer.to_dict())
+        if created:
+            self.load_balancers[load_balancer.name] = load_balancer
+            op = self._done(op, f"upserted {load_balancer.name}")
+        return op
+
+    def load_balancer_address(self, load_balancer: LoadBalancer) -> str | None:
+        """Its DNS name if it has one, else 127.0.0.1 and its first HTTP port, as a local load balancer."""
+        if load_balancer.dns_name:
+            return load_balancer.dns_name
+        ports = [x.port for x in load_balancer.listeners if x.protocol in ("HTTP", "HTTPS")]
+        return f"http://127.0.0.1:{ports[0]}" if ports else None
 
     def list_load_balancers(self, *, application: str | None = None, region: str | None = None) -> list[LoadBalancer]:
-        return []
+        return [lb for lb in self.load_balancers.values() if application in (None, lb.application)]
 
     def delete_load_balancer(self, name: str, key: IdempotencyKey, *, region: str | None = None) -> Operation:
-        raise NotImplementedError
+        lb = self.load_balancers.get(name)
+        if lb is not None and str(key) not in self.op_by_key:
+            serving = [
+                g.name
+                for g in self.groups.values()
+                if g.enabled and (name in g.load_balancers or g.cluster in lb.clusters)
+            ]
+            if serving:
+                raise InvalidRequest(f"{name} still serves {', '.join(serving)}", hint="disable or destroy them first")
+        op, created = self._claim(key, OperationKind.DELETE_LOAD_BALANCER, {"name": name})
+        if created:
+            self.load_balancers.pop(name, None)
+            op = self._done(op, f"deleted {name}")
+        return op
 
     def upsert_firewall(self, firewall: Firewall, key: IdempotencyKey) -> Operation:
-        raise NotImplementedError
+        op, created = self._claim(key, OperationKind.UPSERT_FIREWALL, firewall.to_dict())
+        if created:
+            self.firewalls[firewall.name] = firewall
+            op = self._done(op, f"{firewall.name}: {len(firewall.rules)} rule(s)")
+        return op
 
     def list_firewalls(self, *, application: str | None = None, region: str | None = None) -> list[Firewall]:
-        return []
+        return [fw for fw in self.firewalls.values() if application in (None, fw.application)]
 
     def delete_firewall(self, name: str, key: IdempotencyKey, *, region: str | None = None) -> Operation:
-        raise NotImplementedError
+        users = [g.name for g in self.groups.values() if name in g.firewalls]
+        if users and str(key) not in self.op_by_key:
+            raise InvalidRequest(f"{name} is used by {', '.join(users)}", hint="remove it from them first")
+        op, created = self._claim(key, OperationKind.DELETE_FIREWALL, {"name": name})
+        if created:
+            self.firewalls.pop(name, None)
+            op = self._done(op, f"deleted {name}")
+        return op
 
     def metrics(
         self,
