@@ -53,6 +53,10 @@ class AcmeMetrics(MetricSource):
         self.provider = provider
 
     @classmethod
+    def check_spec(cls, spec):
+        return "acme metrics come from the account: no endpoint" if spec.get("endpoint") else None
+
+    @classmethod
     def from_spec(cls, spec, provider):
         return cls(provider())
 
@@ -139,6 +143,8 @@ def test_specs_may_name_the_new_provider_and_metric_source(acme: Path) -> None:
     stage = EnableServerGroupStage.model_validate({"id": "on", "type": "enableServerGroup", "provider": "acme"})
     assert stage.provider == "acme"
     assert MetricSource.model_validate({"type": "acme"}).type == "acme"
+    with pytest.raises(ValueError, match="acme metrics come from the account: no endpoint"):  # its own settings check
+        MetricSource.model_validate({"type": "acme", "endpoint": "http://acme"})
     source = metric_source({"type": "acme"}, lambda: LocalProvider())
     assert type(source).__name__ == "AcmeMetrics" and source.describe() == "acme metrics"
 

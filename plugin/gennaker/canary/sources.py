@@ -174,6 +174,11 @@ class MetricSource(abc.ABC):
     def describe(self) -> str:
         """The source in a few words, for the log."""
 
+    @classmethod
+    def check_spec(cls, spec: Mapping[str, Any]) -> str | None:
+        """What is wrong with a ``metricSource``'s settings (spec keys) for this source, when specs are validated."""
+        return None
+
     def check(self, query: str) -> None:  # noqa: B027 - optional: most sources accept any text
         """Raise :class:`MetricSourceError` if ``query`` can never be answered (before anything is deployed)."""
 
@@ -206,6 +211,12 @@ class LocalMetricSource(MetricSource):
                 f"{chosen.kind!r} account{why}: use a prometheus metric source meanwhile"
             )
         return cls(chosen)
+
+    @classmethod
+    def check_spec(cls, spec: Mapping[str, Any]) -> str | None:
+        if spec.get("endpoint") or spec.get("connection"):
+            return "the local metric source reads the local load balancers: it takes no endpoint"
+        return None
 
     def describe(self) -> str:
         return f"the local load balancers of account {self.provider.account!r}"
@@ -264,6 +275,12 @@ class PrometheusMetricSource(MetricSource):
         from gennaker.canary.prometheus_spec import prometheus_source
 
         return prometheus_source(spec)
+
+    @classmethod
+    def check_spec(cls, spec: Mapping[str, Any]) -> str | None:
+        if not (spec.get("endpoint") or spec.get("connection")):
+            return "a prometheus metric source needs 'endpoint' (or an Airflow 'connection')"
+        return None
 
     def describe(self) -> str:
         return f"Prometheus at {self._shown}"

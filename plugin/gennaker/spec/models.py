@@ -553,10 +553,16 @@ class MetricSource(SpecModel):
 
     @model_validator(mode="after")
     def _where(self) -> MetricSource:
-        if self.type == "prometheus" and not (self.endpoint or self.connection):
-            raise ValueError("a prometheus metric source needs 'endpoint' (or an Airflow 'connection')")
-        if self.type == "local" and (self.endpoint or self.connection):
-            raise ValueError("the local metric source reads the local load balancers: it takes no endpoint")
+        # Each source says which settings it needs (an endpoint, none); _available vouched for the type.
+        from gennaker.cloud import registry
+
+        try:
+            source = registry.metric_source_class(self.type)
+        except registry.Unavailable as error:
+            raise ValueError(error.message) from None
+        problem = source.check_spec(self.model_dump(mode="json", by_alias=True))
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 
