@@ -1,4 +1,4 @@
-"""The ``gennaker`` command: validate, schema, reference, render, graph, local-stop."""
+"""The ``gennaker`` command: validate, schema, reference, render, graph, local-stop, db migrate."""
 
 from __future__ import annotations
 
@@ -125,6 +125,18 @@ def _cmd_local_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_db_migrate(args: argparse.Namespace) -> int:
+    from gennaker.db.migrate import migrate
+    from gennaker.errors import GennakerError
+
+    try:
+        print(migrate(args.url).describe())
+    except GennakerError as error:
+        print(f"gennaker db migrate: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_reference(args: argparse.Namespace) -> int:
     from gennaker.spec.reference import render_reference
 
@@ -163,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--home", help="the gennaker home (default: $GENNAKER_HOME, else $AIRFLOW_HOME/gennaker)")
     k.set_defaults(func=_cmd_local_stop)
+    db = sub.add_parser("db", help="gennaker's shared tables (cluster locks, audit trail)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    mig = db_sub.add_parser(
+        "migrate",
+        help="create or upgrade the gennaker_ tables (run after `airflow db migrate`, with Airflow's environment)",
+    )
+    mig.add_argument(
+        "--url",
+        help="a SQLAlchemy URL (default: $GENNAKER_STATE_DB, else [gennaker] state_db, else Airflow's database)",
+    )
+    mig.set_defaults(func=_cmd_db_migrate)
     g = sub.add_parser("graph", help="print the stage graph as text")
     g.add_argument("spec")
     g.add_argument("--root", help="the pipelines folder (for defaults.yaml)")

@@ -250,3 +250,12 @@ class OperationFailed(CloudError):
     def __init__(self, operation: Operation, *, hint: str | None = None) -> None:
         super().__init__(f"{operation.kind} {operation.id} failed: {operation.message}", hint=hint)
         self.operation = operation
+
+
+class SharedStateUnavailable(CloudError):
+    """gennaker's shared tables (cluster locks, audit trail) cannot be used: no database, or not migrated."""
+
+    default_hint = (
+        "run `gennaker db migrate` with this deployment's Airflow configuration (and its GENNAKER_STATE_DB, "
+        "if it sets one)"
+    )

@@ -1,19 +1,22 @@
-"""Per-cluster locks: one holder at a time, owners re-enter, leases run out, many processes agree."""
+"""Per-cluster locks: one holder at a time, owners re-enter, leases run out, many processes agree.
+
+The lock table is the shared one (``gennaker_locks``), here in the test's SQLite file
+(the ``state_db`` fixture points GENNAKER_STATE_DB at it).
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import time
 from datetime import timedelta
-from pathlib import Path
 
 from gennaker.cloud.locks import ClusterLocks, cluster_resource
 
 R = cluster_resource("local", "local", "hello-prod")
 
 
-def test_one_holder_and_the_owner_reenters(tmp_path: Path) -> None:
-    locks = ClusterLocks(tmp_path / "locks.db")
+def test_one_holder_and_the_owner_reenters(state_db: str) -> None:
+    locks = ClusterLocks()
     assert R == "cluster:local/local/hello-prod"
     assert locks.acquire(R, "a/run1/deploy", note="deploy stage") is None
     held = locks.acquire(R, "b/run9/deploy")
@@ -25,8 +28,8 @@ def test_one_holder_and_the_owner_reenters(tmp_path: Path) -> None:
     assert locks.acquire(R, "b/run9/deploy") is None
 
 
-def test_a_lease_runs_out(tmp_path: Path) -> None:
-    locks = ClusterLocks(tmp_path / "locks.db")
+def test_a_lease_runs_out(state_db: str) -> None:
+    locks = ClusterLocks()
     assert locks.acquire(R, "gone/run/deploy", lease=timedelta(seconds=0.2)) is None
     assert locks.acquire(R, "next/run/deploy") is not None
     time.sleep(0.3)
@@ -34,22 +37,22 @@ def test_a_lease_runs_out(tmp_path: Path) -> None:
     assert locks.acquire(R, "next/run/deploy") is None
 
 
-def test_locks_of_other_clusters_are_independent(tmp_path: Path) -> None:
-    locks = ClusterLocks(tmp_path / "locks.db")
+def test_locks_of_other_clusters_are_independent(state_db: str) -> None:
+    locks = ClusterLocks()
     assert locks.acquire(R, "a") is None
     assert locks.acquire(cluster_resource("local", "local", "hello-staging"), "b") is None
 
 
-def _contend(path: str, owner: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    out.put((owner, ClusterLocks(path).acquire(R, owner) is None))
+def _contend(owner: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    # A spawned process: it finds the database as any worker does, through GENNAKER_STATE_DB.
+    out.put((owner, ClusterLocks().acquire(R, owner) is None))
 
 
-def test_of_many_processes_asking_at_once_exactly_one_gets_it(tmp_path: Path) -> None:
-    path = str(tmp_path / "locks.db")
-    ClusterLocks(path)
+def test_of_many_processes_asking_at_once_exactly_one_gets_it(state_db: str) -> None:
+    ClusterLocks()
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
-    procs = [ctx.Process(target=_contend, args=(path, f"run{i}", out)) for i in range(6)]
+    procs = [ctx.Process(target=_contend, args=(f"run{i}", out)) for i in range(6)]
     for p in procs:
         p.start()
     results = [out.get(timeout=60) for _ in procs]
@@ -57,5 +60,5 @@ def test_of_many_processes_asking_at_once_exactly_one_gets_it(tmp_path: Path) ->
         p.join(timeout=30)
     winners = [owner for owner, won in results if won]
     assert len(winners) == 1
-    holder = ClusterLocks(path).holder(R)
+    holder = ClusterLocks().holder(R)
     assert holder is not None and holder.owner == winners[0]

@@ -96,8 +96,8 @@ def test_finished_operations_are_pruned_but_running_ones_never(store: StateStore
     assert left == {ops[3].id, more[2].id, more[3].id}  # the newest two, and the running one
 
 
-def test_the_audit_trail_is_pruned_by_age_and_count(store: StateStore, every_write: None) -> None:
-    audit = AuditLog(store)
+def test_the_audit_trail_is_pruned_by_age_and_count(state_db: str, every_write: None) -> None:
+    audit = AuditLog()  # the shared gennaker_audit table (here the test's SQLite file), with the same retention
     for n in range(5):
         audit.start(
             AuditEntry(
@@ -122,7 +122,7 @@ def test_the_audit_trail_is_pruned_by_age_and_count(store: StateStore, every_wri
         )
     entries, _ = audit.list("hello")
     assert [e.id for e in entries] == ["a4", "a3", "a2"]  # the month-old ones went as the others were written
-    retention.prune(store, Retention(max_rows=1))
+    audit.prune(Retention(max_rows=1))
     assert [e.id for e in audit.list("hello")[0]] == ["a4"]
 
 

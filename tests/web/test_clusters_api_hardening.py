@@ -108,7 +108,7 @@ def test_every_action_takes_the_lock(api: Api, records: None) -> None:
 @pytest.fixture
 def runner(tmp_path: Path) -> tuple[ActionRunner, list[Callable[[], None]], ClusterLocks]:
     locks = ClusterLocks(tmp_path / "locks.db")
-    audit = AuditLog(StateStore(tmp_path / "state.db"))
+    audit = AuditLog()  # the shared audit table, in this test's database (the state_db fixture)
     spawned: list[Callable[[], None]] = []
     run = ActionRunner(
         lambda: audit, lambda _: None, poll_interval=0.01, spawn=spawned.append, locks=ActionLocks(lambda: locks)

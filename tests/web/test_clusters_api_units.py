@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from fakecloud import FakeProvider
 
-from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import Firewall, LoadBalancer
 from gennaker.web import models as m
 from gennaker.web.actions import ActionRunner, Target
@@ -194,7 +193,7 @@ def test_other_providers_are_read_per_application() -> None:
 
 @pytest.fixture
 def runner(tmp_path: Path) -> tuple[ActionRunner, list[Callable[[], None]], AuditLog]:
-    audit = AuditLog(StateStore(tmp_path / "state.db"))
+    audit = AuditLog()  # the shared audit table, in this test's database (the state_db fixture)
     spawned: list[Callable[[], None]] = []
     changed: list[str] = []
     runner = ActionRunner(lambda: audit, changed.append, poll_interval=0.01, spawn=spawned.append)

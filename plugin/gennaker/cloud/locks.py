@@ -3,39 +3,37 @@
 A deploy, a promote and an automatic rollback take the lock of their cluster
 (``<account>/<region>/<cluster>``) before their first change and keep it until their
 last; whoever else wants it waits (deferred, in the triggerer) and says whom it waits
-for. The lock lives in ``<gennaker home>/locks.db``, one SQLite file that every worker
-and the triggerer on the machine (or on a shared volume) open, so it holds across
-pipelines, runs and processes.
+for. The lock is a row of the ``gennaker_locks`` table in gennaker's shared database
+(:mod:`gennaker.db`: by default Airflow's metadata database), which every worker,
+triggerer and API server of the deployment reaches, on one machine or many (Celery,
+Kubernetes), so it holds across pipelines, runs, processes and hosts.
 
 - **Owner.** A lock is owned by a task of a DAG run (``dag/run/task``), not by a
   process: a retried or restarted task takes its own lock back at once and carries on.
 - **Lease.** A lock expires ``lease`` after it was last taken, so a run that vanished
   (its worker killed and no retry) does not block the cluster forever; a holder renews
   it each time it resumes. The lease is the stage's timeout (default one hour).
-- **Atomic.** Taking and releasing are ``BEGIN IMMEDIATE`` transactions: of two
-  processes asking at once, one gets it.
+- **Atomic.** Taking is one conditional ``UPDATE`` (the row is free, expired or ours),
+  else an ``INSERT`` that fails on the primary key when someone holds it: of two
+  processes asking at once, on SQLite, PostgreSQL or MySQL, one gets it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
-from gennaker.cloud.local import privfiles
-from gennaker.paths import gennaker_home
+from sqlalchemy import Engine, and_, case, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gennaker.db import tables
+from gennaker.db.engine import open_engine
 
 DEFAULT_LEASE = timedelta(hours=1)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS locks (
-    resource TEXT PRIMARY KEY, owner TEXT NOT NULL, note TEXT NOT NULL,
-    acquired TEXT NOT NULL, expires REAL NOT NULL)
-"""
+_TRIES = 5  # a lock freed between our UPDATE and INSERT: try again (each try ends in a decision but for that race)
 
 
 @dataclass(frozen=True)
@@ -59,63 +57,79 @@ def cluster_resource(account: str, region: str, cluster: str) -> str:
 
 
 class ClusterLocks:
-    """The lock table. Cheap to build; every call opens and closes its own connection."""
+    """The lock table. Cheap to build (the engine is one per process); every call is its own transaction.
+
+    :param path: empty (the default): the shared database (:func:`gennaker.db.engine.state_db_url`),
+        which ``gennaker db migrate`` must have prepared. A SQLite file's path: a private lock table in
+        that file, created on first use (tests, tools of one machine).
+    """
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path is not None else gennaker_home() / "locks.db"
-        privfiles.private_file(self.path)  # 0600 (its -wal and -shm take its mode) in 0700 folders
-        with self._connect() as conn:
-            conn.execute(_SCHEMA)
+        # ``path`` stays a string: the deploy stage hands ``str(locks.path)`` to its trigger ("" = shared).
+        self.path = str(path) if path else ""
+        self._engine = open_engine(self.path)  # fails here with "run `gennaker db migrate`", not at the first lock
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            yield conn
-        finally:
-            conn.close()
+    def engine(self) -> Engine:
+        """The engine of the lock table (one per process and database)."""
+        return self._engine
 
     def acquire(self, resource: str, owner: str, *, note: str = "", lease: timedelta = DEFAULT_LEASE) -> Holder | None:
         """Take (or renew) the lock; ``None`` when this owner holds it now, else the holder to wait for."""
-        now = time.time()
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        t = tables.locks
+        holder: Holder | None = None
+        for _ in range(_TRIES):
+            now = time.time()
+            expires = now + lease.total_seconds()
+            with self.engine().begin() as conn:
+                # ``acquired`` first: MySQL evaluates SET left to right, and it must see the old owner.
+                taken = conn.execute(
+                    update(t)
+                    .where(and_(t.c.resource == resource, or_(t.c.owner == owner, t.c.expires <= now)))
+                    .ordered_values(
+                        (t.c.acquired, case((t.c.owner == owner, t.c.acquired), else_=_now_text())),
+                        (t.c.owner, owner),
+                        (t.c.note, note),
+                        (t.c.expires, expires),
+                    )
+                ).rowcount
+            if taken:
+                return None
             try:
-                row = conn.execute(
-                    "SELECT owner, note, acquired, expires FROM locks WHERE resource = ?", (resource,)
-                ).fetchone()
-                if row is not None and row[0] != owner and row[3] > now:
-                    conn.execute("COMMIT")
-                    return Holder(resource, row[0], row[1], datetime.fromisoformat(row[2]), row[3])
-                acquired = row[2] if row is not None and row[0] == owner else _now_text()
-                conn.execute(
-                    "INSERT INTO locks (resource, owner, note, acquired, expires) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (resource) DO UPDATE SET owner = excluded.owner, note = excluded.note, "
-                    "acquired = excluded.acquired, expires = excluded.expires",
-                    (resource, owner, note, acquired, now + lease.total_seconds()),
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return None
+                with self.engine().begin() as conn:
+                    conn.execute(
+                        insert(t).values(
+                            resource=resource, owner=owner, note=note, acquired=_now_text(), expires=expires
+                        )
+                    )
+                return None
+            except IntegrityError:  # someone holds it (or took it a moment ago): who?
+                holder = self._row(resource)
+            if holder is not None and holder.owner != owner and holder.expires > time.time():
+                return holder
+        return holder  # pragma: no cover - the lock changed hands _TRIES times in a row
 
     def release(self, resource: str, owner: str) -> bool:
         """Give the lock up if this owner holds it; whether it did."""
-        with self._connect() as conn:
-            cur = conn.execute("DELETE FROM locks WHERE resource = ? AND owner = ?", (resource, owner))
-            return cur.rowcount > 0
+        t = tables.locks
+        with self.engine().begin() as conn:
+            return bool(conn.execute(delete(t).where(and_(t.c.resource == resource, t.c.owner == owner))).rowcount)
 
     def holder(self, resource: str) -> Holder | None:
         """The current holder, or ``None`` when the lock is free (or its lease ran out)."""
-        with self._connect() as conn:
-            row = conn.execute(
-                "SELECT owner, note, acquired, expires FROM locks WHERE resource = ?", (resource,)
-            ).fetchone()
-        if row is None or row[3] <= time.time():
+        held = self._row(resource)
+        if held is None or held.expires <= time.time():
             return None
-        return Holder(resource, row[0], row[1], datetime.fromisoformat(row[2]), row[3])
+        return held
+
+    def _row(self, resource: str) -> Holder | None:
+        t = tables.locks
+        with self.engine().connect() as conn:
+            row: Any = conn.execute(
+                select(t.c.owner, t.c.note, t.c.acquired, t.c.expires).where(t.c.resource == resource)
+            ).first()
+        if row is None:
+            return None
+        return Holder(resource, row[0], row[1], datetime.fromisoformat(row[2]), float(row[3]))
 
 
 def _now_text() -> str:

@@ -23,7 +23,7 @@ class ClusterLockFreeTrigger(BaseTrigger):
 
     :param resource: the lock, e.g. ``cluster:local/local/hello-prod``.
     :param owner: the waiting task (``dag/run/task``).
-    :param path: the lock file (None: the default under the gennaker home).
+    :param path: empty or None: the shared lock table (:mod:`gennaker.db`); else a private SQLite file's path.
     :param poll_interval: seconds between polls.
     :param timeout: seconds before giving up (status ``timeout``).
     :param not_before: no event before this moment (Airflow 3.3's resume race; see the server-group triggers).

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gennaker.cloud.local.state import StateStore, default_state_path
 from gennaker.cloud.model import Operation, OperationStatus
 from gennaker.cloud.provider import CloudProvider
 from gennaker.errors import CloudError, NotFound
@@ -81,7 +80,7 @@ class ClustersService:
         *,
         accounts: Accounts | None = None,
         pipelines: PipelineIndex | None = None,
-        audit_store: Callable[[], StateStore] | None = None,
+        audit: Callable[[], AuditLog] | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.accounts = accounts or Accounts(ttl=self.settings.ttl)
@@ -90,14 +89,14 @@ class ClustersService:
         self.cache: SnapshotCache[AccountSnapshot] = SnapshotCache(
             self._read, ttl=self.settings.ttl, max_stale=self.settings.max_stale, warm=warm
         )
-        self._audit_store = audit_store or (lambda: StateStore(default_state_path()))
+        self._open_audit = audit or AuditLog
         self._audit: AuditLog | None = None
         self.runner = ActionRunner(self.audit, self.cache.invalidate)
 
     def audit(self) -> AuditLog:
-        """The audit trail (opened on first use, in ``$GENNAKER_HOME``'s state store)."""
+        """The audit trail (opened on first use, in gennaker's shared database: see :mod:`gennaker.db`)."""
         if self._audit is None:
-            self._audit = AuditLog(self._audit_store())
+            self._audit = self._open_audit()
         return self._audit
 
     def _read(self, account: str) -> AccountSnapshot:
