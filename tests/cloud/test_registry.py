@@ -259,7 +259,7 @@ def test_the_installed_metadata_declares_them() -> None:
 
 def test_without_metadata_the_builtin_table_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     # A source checkout whose installed metadata predates the entry points.
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda: importlib.metadata.EntryPoints([]))
     registry.clear_cache()
     assert registry.connection_types() == ["gennaker_local"]
     assert registry.metric_source_types() == ["local", "prometheus"]
