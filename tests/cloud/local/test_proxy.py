@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localcloud import free_port
+from localcloud import free_port, wait_for
 
 from gennaker.cloud.local.proxy import (
     HISTOGRAM_BOUNDS_MS,
@@ -108,14 +108,6 @@ server = ThreadingHTTPServer(("127.0.0.1", int(os.environ.get("PORT") or 0)), Ha
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -551,7 +543,7 @@ def test_no_healthy_instance_is_a_503_with_a_message(lab: Lab) -> None:
     assert reply.headers["content-type"].startswith("text/plain")
     assert reply.text == f"load balancer {LB} has no healthy instance to send the request to\n"
     lab.set_enabled(V2, True)
-    wait_until(lambda: lab.get().status == 200, what="v002 to serve")
+    wait_for("v002 to serve", lambda: lab.get().status == 200, timeout=5.0)
 
 
 def test_forwards_requests_and_streams_answers(lab: Lab) -> None:
@@ -609,10 +601,10 @@ def test_firewall_rules_admit_or_refuse_clients(lab: Lab) -> None:
     assert "127.0.0.1 may not reach load balancer hello-prod" in reply.text
     assert "firewall: denied 127.0.0.1 on port" in lab.log()
     firewall("127.0.0.0/8")
-    wait_until(lambda: lab.get().status == 200, what="the new rule to admit 127.0.0.1")
+    wait_for("the new rule to admit 127.0.0.1", lambda: lab.get().status == 200, timeout=5.0)
     assert lab.get().text == "a"
     firewall("127.0.0.0/8", port_from=1, port_to=lab.port - 1)  # the right address, not this port
-    wait_until(lambda: lab.get().status == 403, what="the port range to refuse")
+    wait_for("the port range to refuse", lambda: lab.get().status == 403, timeout=5.0)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -641,7 +633,7 @@ def test_metrics_count_requests_and_errors_per_server_group(lab: Lab) -> None:
 
     for group in (V1, V2):
         expected = (sent[group], errors[group])
-        wait_until(lambda: totals(group) == expected, what=f"metrics of {group}")  # noqa: B023 - waited for here
+        wait_for(f"metrics of {group}", lambda: totals(group) == expected, timeout=5.0)  # noqa: B023 - waited for here
         for bucket in read_metrics(lab.store, ACCOUNT, REGION, group, start - 1, time.time() + 2, load_balancer=LB):
             assert bucket.load_balancer == LB and sum(bucket.histogram) == bucket.requests
             assert bucket.latency_sum_ms > 0
@@ -721,7 +713,7 @@ def test_the_proxy_exits_when_its_load_balancer_is_deleted(lab: Lab) -> None:
     lab.load_balancer()
     pid = lab.start()
     lab.store.delete_load_balancer(ACCOUNT, REGION, LB)
-    wait_until(lambda: running_pid(lab.home, ACCOUNT, REGION, LB) is None, what="the proxy to exit")
-    wait_until(lambda: pid not in lab.proxies(), what="the process to end")
+    wait_for("the proxy to exit", lambda: running_pid(lab.home, ACCOUNT, REGION, LB) is None, timeout=5.0)
+    wait_for("the process to end", lambda: pid not in lab.proxies(), timeout=5.0)
     assert "stopping: its load balancer was deleted" in lab.log()
     assert any(e.kind == "loadBalancer.proxyStopped" for e in lab.store.events(subject=LB))

@@ -22,12 +22,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from localcloud import wait_for
 
 from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import Capacity, Health, Image, Instance, ServerGroup
@@ -42,7 +43,6 @@ GROUP = "hello-test-v000"
 FAST = sup.SupervisorOptions(interval=0.1, restart_limit=3, restart_backoff=0.05, stop_grace=2.0)
 HEALTH = {"type": "http", "path": "/health", "interval": 0.1, "timeout": 1}
 TIMEOUT = 20.0
-T = TypeVar("T")
 
 APP = r"""
 import json, os, sys
@@ -125,18 +125,6 @@ def processes_of(mark: str, home: Path) -> list[int]:
 
 def supervisors_of(home: Path) -> list[int]:
     return [pid for pid in processes_of("-none-", home) if sup.MODULE.encode() in _cmdline(pid).split(b"\0")]
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float = TIMEOUT, every: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def get(port: int, path: str = "/") -> tuple[int, bytes]:
