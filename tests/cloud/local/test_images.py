@@ -831,7 +831,7 @@ def recording_server(folder: Path, redirect_to: str = "") -> Iterator[tuple[str,
 
 
 def test_url_credentials_go_to_the_artifacts_host_only(tmp_path: Path) -> None:
-    from gennaker.cloud.local.images import _stage_artifact
+    from gennaker.cloud.local.image_artifacts import stage_artifact
 
     served = tmp_path / "served"
     served.mkdir()
@@ -843,7 +843,7 @@ def test_url_credentials_go_to_the_artifacts_host_only(tmp_path: Path) -> None:
         for n, how in enumerate(("", "same/", "hop/")):
             staging = tmp_path / f"staging{n}"
             staging.mkdir()
-            path, source, _ = _stage_artifact(f"{netloc}/{how}hello-1.0.0.whl{query}", staging)
+            path, source, _ = stage_artifact(f"{netloc}/{how}hello-1.0.0.whl{query}", staging)
             assert path.read_bytes() == b"the wheel"
             assert source == f"{base}/{how}hello-1.0.0.whl"  # what manifests and messages show
     # The artifact's host got the credentials, also after a redirect to itself; the other host never.
@@ -852,12 +852,12 @@ def test_url_credentials_go_to_the_artifacts_host_only(tmp_path: Path) -> None:
 
 
 def test_a_symlinked_artifact_is_not_followed(tmp_path: Path) -> None:
-    from gennaker.cloud.local.images import _stage_artifact
+    from gennaker.cloud.local.image_artifacts import stage_artifact
 
     (tmp_path / "secret").write_text("not an artifact")
     (tmp_path / "hello-1.0.0.whl").symlink_to(tmp_path / "secret")
     staging = tmp_path / "staging"
     staging.mkdir()
     with pytest.raises(InvalidRequest, match="is a symlink"):
-        _stage_artifact(str(tmp_path / "hello-1.0.0.whl"), staging)
+        stage_artifact(str(tmp_path / "hello-1.0.0.whl"), staging)
     assert list(staging.iterdir()) == []
