@@ -16,3 +16,5 @@ export AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL=5
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=60
 export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=5
 export GENNAKER_TEMPLATE_PATH="$_root/templates"
+# gennaker's cluster locks and audit trail live in Airflow's database (GENNAKER_STATE_DB unset): after
+# `airflow db migrate`, run `gennaker db migrate` (demo.sh does).

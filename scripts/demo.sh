@@ -37,6 +37,8 @@ done
 
 echo "==> preparing Airflow's database in $AIRFLOW_HOME"
 .venv/bin/airflow db migrate >/dev/null
+# gennaker's shared tables (cluster locks, the Clusters page's audit trail) in that same database.
+.venv/bin/gennaker db migrate
 
 cat <<MSG
 

@@ -402,6 +402,16 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airflow]:
     started = time.monotonic()
     with (ARTIFACTS / "db-migrate.log").open("wb") as out:
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT, check=True)
+        # gennaker's tables (cluster locks, audit trail) in that same database: env has no GENNAKER_STATE_DB,
+        # so the default (Airflow's metadata database) is the one the tests exercise.
+        subprocess.run(
+            [str(VENV_BIN / "gennaker"), "db", "migrate"],
+            env=env,
+            cwd=root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
 
     processes: list[_Process] = []
     try:

@@ -1,4 +1,4 @@
-"""How long the local state keeps what it records: events, operations, the audit trail, lb_metrics.
+"""How long the local state keeps what it records: events, operations, lb_metrics (and the audit trail's policy).
 
 Every table that grows with use has a retention by age and by count, so a busy machine's
 ``state.db`` stays bounded without anyone running a cleanup job:
@@ -8,10 +8,15 @@ table                  kept                                  never pruned
 =====================  ====================================  ==========================================
 ``events``             30 days, newest 100,000 rows          the newest rows
 ``operations``         30 days, newest 100,000 rows          operations still RUNNING
-``web_actions``        30 days, newest 100,000 rows          the newest rows
+``web_actions``        30 days, newest 100,000 rows          the newest rows (the audit trail of earlier
+                                                             versions; now ``gennaker_audit``, below)
 ``lb_metrics``         2 days, newest 1,000,000 rows;        the newest rows of a live load balancer
                        rows of deleted load balancers
 =====================  ====================================  ==========================================
+
+The Clusters page's audit trail lives in gennaker's shared database (``gennaker_audit``,
+:mod:`gennaker.web.audit`) and keeps the same 30 days / 100,000 rows with this module's
+:class:`Retention` and :data:`PRUNE_INTERVAL_SECONDS`: :meth:`AuditLog.prune` runs as it writes.
 
 Set through the environment of every Airflow component (they share the state file):
 ``GENNAKER_RETENTION_DAYS``, ``GENNAKER_RETENTION_ROWS``, ``GENNAKER_LB_METRICS_RETENTION_HOURS``
@@ -45,7 +50,7 @@ log = logging.getLogger(__name__)
 PRUNE_INTERVAL_SECONDS = 60.0
 """At most one prune per process and state file in this many seconds."""
 METRICS_TABLE = "lb_metrics"  # proxy_metrics.METRICS_TABLE (the proxy imports the store, so not imported here)
-AUDIT_TABLE = "web_actions"  # gennaker.web.audit's table
+AUDIT_TABLE = "web_actions"  # the audit trail's table before it moved to gennaker_audit: kept bounded while it stays
 FINISHED_OPERATIONS = ("SUCCEEDED", "FAILED")
 
 
