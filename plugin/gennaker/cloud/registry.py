@@ -161,7 +161,7 @@ class AccountNotFound(NotFound):
 
 
 class Unavailable(InvalidRequest):
-    """A metric source (or a provider kind) a spec names cannot run here; the message says why."""
+    """A metric source a spec names cannot run here; the message says why."""
 
 
 # --------------------------------------------------------------------------- reading the entry points
@@ -176,8 +176,8 @@ class Entry:
     package: str
 
     def load(self) -> Any:
-        """Import the class (``module:attribute``)."""
-        module, _, attribute = self.value.partition(":")
+        """Import the class (``module:attribute``; an entry point's ``[extras]`` are not part of it)."""
+        module, _, attribute = self.value.split("[", 1)[0].partition(":")
         found: Any = importlib.import_module(module.strip())
         for part in attribute.strip().split(".") if attribute.strip() else ():
             found = getattr(found, part)
@@ -274,9 +274,10 @@ def provider_class(connection_type: str, account: str) -> type[AccountType]:
         # One name per planned cloud (google_cloud_platform, not its alias gcp), in the table's order.
         first = {p.label: p.name for p in reversed(PLANNED_PROVIDERS.values()) if p.name not in entries}
         later = " and ".join(reversed(first.values()))
+        verb = "is" if len(first) == 1 else "are"
         raise AccountNotSupported(
             f"account {account!r} is a connection of type {connection_type!r}, which is not a cloud account "
-            f"gennaker knows ({', '.join(entries)}" + (f"; {later} are not built yet)" if later else ")")
+            f"gennaker knows ({', '.join(entries)}" + (f"; {later} {verb} not built yet)" if later else ")")
         )
     missing = _missing(planned)
     if missing and planned is not None:
