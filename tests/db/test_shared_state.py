@@ -144,8 +144,16 @@ def test_gennaker_state_db_and_the_gennaker_section_come_before_airflows_databas
     assert _python(_HIDE_AND_FIND, {**env, STATE_DB_ENV: own}).stdout.strip().endswith(own)
 
 
-def test_a_process_that_cannot_find_a_database_names_gennaker_state_db(tmp_path: Path) -> None:
-    found = _python(_HIDE_AND_FIND, {"AIRFLOW_HOME": str(tmp_path)})  # Airflow's database only in its defaults
+def test_a_task_process_finds_the_database_of_airflows_configuration_file(tmp_path: Path) -> None:
+    # As `make demo` runs Airflow: the database only in airflow.cfg (Airflow writes its default there).
+    found = _python(_HIDE_AND_FIND, {"AIRFLOW_HOME": str(tmp_path)})
+    assert found.stdout.strip().splitlines()[-1] == sqlite_url(tmp_path / "airflow.db"), found.stderr
+
+
+def test_a_process_that_cannot_find_the_database_names_gennaker_state_db(tmp_path: Path) -> None:
+    # Airflow's database URL comes from a command: gennaker will not run it, and says what to set instead.
+    env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD": f"echo sqlite:///{tmp_path}/a.db"}
+    found = _python(_HIDE_AND_FIND, env)
     last = found.stdout.strip().splitlines()[-1]
     assert last.startswith("SharedStateUnavailable") and STATE_DB_ENV in last, found.stderr
 

@@ -13,14 +13,16 @@ in its configuration and in ``os.environ`` with ``airflow-db-not-allowed:///``. 
 never uses ``airflow.settings`` (its engine and sessions are gone there) but builds its own
 engine, and when the configuration says "not allowed" it reads the
 ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` the process was started with (``/proc/self/environ``
-keeps the environment a process was started with; a forked task inherits it). A deployment
-that configures the database otherwise (airflow.cfg, a secrets backend), or that keeps
+keeps the environment a process was started with; a forked task inherits it), else
+Airflow's configuration file (``airflow.cfg``; Airflow's default when it sets nothing). A
+deployment whose database URL comes from a command or a secrets backend, or that keeps
 database credentials away from workers, sets ``GENNAKER_STATE_DB`` (a database of gennaker's
 own is fine: only gennaker reads these tables). Nothing here connects at import time.
 """
 
 from __future__ import annotations
 
+import configparser
 import os
 import threading
 from pathlib import Path
@@ -52,6 +54,9 @@ def state_db_url() -> str:
     for candidate in (airflow_db, os.environ.get(AIRFLOW_DB_ENV, ""), _started_with(AIRFLOW_DB_ENV)):
         if candidate and not candidate.startswith(BLOCKED):
             return candidate
+    from_file = _from_config_file()
+    if from_file:
+        return from_file
     raise SharedStateUnavailable(
         "gennaker cannot find the database of its cluster locks and audit trail: Airflow's metadata database "
         "is hidden from this process",
@@ -85,6 +90,28 @@ def _started_with(name: str) -> str:
         if item.startswith(prefix):
             return item[len(prefix) :].decode(errors="replace").strip()
     return ""
+
+
+def _from_config_file() -> str:
+    """``sql_alchemy_conn`` as Airflow's configuration file has it, else Airflow's default (a hidden database).
+
+    Only when nothing else can set it: a ``_cmd`` or ``_secret`` variant (in the file or in the environment
+    the process started with) may name another database, which gennaker cannot run here; then nothing.
+    """
+    home = os.environ.get("AIRFLOW_HOME") or _started_with("AIRFLOW_HOME") or str(Path("~/airflow").expanduser())
+    path = Path(os.environ.get("AIRFLOW_CONFIG") or _started_with("AIRFLOW_CONFIG") or Path(home) / "airflow.cfg")
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(path, encoding="utf-8")
+    except (OSError, configparser.Error):
+        return ""
+    for variant in ("sql_alchemy_conn_cmd", "sql_alchemy_conn_secret"):
+        if parser.get("database", variant, fallback="").strip() or _started_with(
+            f"{AIRFLOW_DB_ENV}_{variant.rsplit('_', 1)[1].upper()}"
+        ):
+            return ""
+    value = parser.get("database", "sql_alchemy_conn", fallback="").strip() or "sqlite:///{AIRFLOW_HOME}/airflow.db"
+    return "" if value.startswith(BLOCKED) else value.replace("{AIRFLOW_HOME}", home)
 
 
 def shown(url: str) -> str:
