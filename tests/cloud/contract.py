@@ -287,12 +287,6 @@ class ProviderContract:
         assert provider.get_server_group(name).capacity == Capacity(min=1, max=3, desired=2)
         assert len(self.wait_up(provider, name, 2).instances) == 2
 
-    def test_min_desired_max_out_of_order_is_refused(self) -> None:
-        with pytest.raises(ValueError, match="min <= desired <= max"):
-            Capacity(min=2, max=3, desired=1)
-        with pytest.raises(ValueError, match="min <= desired <= max"):
-            Capacity(min=0, max=1, desired=2)
-
     def test_a_capacity_above_the_group_limit_is_refused_before_anything_is_made(
         self, provider: CloudProvider, image: str, stack: str, run: str
     ) -> None:
@@ -303,7 +297,6 @@ class ProviderContract:
         too_many = Capacity(min=0, max=limit + 1, desired=1)
         with raises_with_hint(CapacityLimitExceeded):
             provider.create_server_group(self.spec(provider, image, stack, capacity=too_many), key)
-        assert issubclass(CapacityLimitExceeded, QuotaExceeded)
         assert self.names(provider, f"{APP}-{stack}") == []
         # Nothing was recorded for the key: the same key works once the request is fixed.
         name = self.create(provider, self.spec(provider, image, stack), key)
@@ -352,7 +345,6 @@ class ProviderContract:
             provider.enable_server_group(name, self.key(run, "enable"))
         with raises_with_hint(NotFound):
             provider.resize_server_group(name, Capacity.fixed(1), self.key(run, "resize"))
-        assert issubclass(NotFound, LookupError)
 
     # ------------------------------------------------------------------ traffic guards
 
