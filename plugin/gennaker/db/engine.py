@@ -212,6 +212,9 @@ def open_engine(path: str | Path | None = None) -> Engine:
     """
     if not path:
         return ready_engine()
+    from gennaker.cloud.local import privfiles
+
+    privfiles.private_file(Path(path))  # 0600 (its -wal and -shm take its mode) in 0700 folders, as before
     url = sqlite_url(path)
     try:
         return ready_engine(url)
