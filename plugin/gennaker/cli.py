@@ -131,6 +131,15 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
 
     try:
         print(migrate(args.url).describe())
+        if not args.no_legacy_audit:
+            from gennaker.db.engine import get_engine
+            from gennaker.db.legacy import import_audit
+            from gennaker.paths import gennaker_home
+
+            state_file = gennaker_home() / "local" / "state.db"
+            copied = import_audit(get_engine(args.url), state_file)
+            if copied:
+                print(f"copied {copied} audit trail entries of an earlier version from {state_file}")
     except GennakerError as error:
         print(f"gennaker db migrate: {error}", file=sys.stderr)
         return 1
@@ -184,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument(
         "--url",
         help="a SQLAlchemy URL (default: $GENNAKER_STATE_DB, else [gennaker] state_db, else Airflow's database)",
+    )
+    mig.add_argument(
+        "--no-legacy-audit",
+        action="store_true",
+        help="do not copy the audit trail of earlier versions from $GENNAKER_HOME/local/state.db",
     )
     mig.set_defaults(func=_cmd_db_migrate)
     g = sub.add_parser("graph", help="print the stage graph as text")

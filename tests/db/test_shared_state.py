@@ -189,3 +189,50 @@ def test_the_lock_rules_hold_on_postgresql(postgres_url: str) -> None:
         assert locks.release(R, "b/run2/deploy")
     finally:
         os.environ[STATE_DB_ENV] = saved
+
+
+# ------------------------------------------------------------------ the audit trail of earlier versions
+
+_OLD_AUDIT = """CREATE TABLE web_actions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, at TEXT NOT NULL,
+    user TEXT NOT NULL, action TEXT NOT NULL, application TEXT NOT NULL, account TEXT NOT NULL,
+    cluster TEXT, server_group TEXT, status TEXT NOT NULL, worker TEXT NOT NULL, body TEXT NOT NULL)"""
+
+
+def test_db_migrate_copies_the_audit_trail_of_earlier_versions_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    from gennaker.cloud.model import utcnow
+    from gennaker.web.models import AuditEntry
+
+    old = tmp_path / "home" / "local" / "state.db"
+    old.parent.mkdir(parents=True)
+    with sqlite3.connect(old) as conn:
+        conn.execute(_OLD_AUDIT)
+        for n, user in enumerate(["alice", "bob"]):
+            entry = AuditEntry(
+                id=f"old{n}", at=utcnow(), user=user, action="resize", application="hello", account="local",
+                region="local", cluster="hello-prod", server_group="hello-prod-v001", instance_id=None,
+                parameters={}, reason="", status="SUCCEEDED", http_status=202, message="", operation_ids=[],
+                finished_at=None,
+            )  # fmt: skip
+            conn.execute(
+                "INSERT INTO web_actions (id, at, user, action, application, account, cluster, server_group, status, "
+                "worker, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entry.id, "2026-01-01T00:00:00.000000Z", user, "resize", "hello", "local", "hello-prod",
+                 "hello-prod-v001", "SUCCEEDED", "host:1", entry.model_dump_json()),
+            )  # fmt: skip
+    monkeypatch.setenv("GENNAKER_HOME", str(tmp_path / "home"))
+    url = sqlite_url(tmp_path / "airflow.db")
+    monkeypatch.setenv(STATE_DB_ENV, url)
+
+    assert main(["db", "migrate"]) == 0
+    assert "copied 2 audit trail entries" in capsys.readouterr().out
+    assert main(["db", "migrate"]) == 0  # again: nothing more
+    assert "copied" not in capsys.readouterr().out
+    audit = AuditLog()
+    assert [e.id for e in audit.list("hello")[0]] == ["old1", "old0"]  # newest first, as before
+    assert audit.users(["old0", "old1"]) == {"old0": "alice", "old1": "bob"}
+    dispose(url)
