@@ -100,7 +100,7 @@ class ActionLocks:
             return
         try:
             self._locks().release(*held)
-        except Exception:  # a lost home: the lease frees it; the action's own error is the one to report
+        except Exception:  # a database that did not answer: the lease frees it; the action's error is the one to report
             log.exception("giving back the lock of %s failed; it expires with its lease", held[0])
 
     def holds(self, action_id: str) -> bool:
