@@ -84,6 +84,7 @@ class FakeProvider(CloudProvider):
         up: int | None = None,
         capacity: Capacity | None = None,
         tags: Mapping[str, str] | None = None,
+        destroying: bool = False,
     ) -> ServerGroup:
         capacity = capacity or Capacity(min=min(1, desired), max=max(desired, 1), desired=desired)
         group = ServerGroup(
@@ -95,6 +96,7 @@ class FakeProvider(CloudProvider):
             enabled=enabled,
             created=T0 + timedelta(minutes=next(self._clock)),
             tags=dict(tags or {}),
+            destroying=destroying,
         )
         self.groups[name] = group
         self.set_health(name, up=capacity.desired if up is None else up)
@@ -319,7 +321,7 @@ class FakeProvider(CloudProvider):
             return op
         self.acted.append(("destroy", name))
         if OperationKind.DESTROY_SERVER_GROUP in self.slow:
-            self.groups[name] = group.replace(enabled=False, tags={**group.tags, "gennaker:destroying": "true"})
+            self.groups[name] = group.replace(enabled=False, destroying=True)
         else:
             del self.groups[name]
         return self._done(op, f"destroying {name}")

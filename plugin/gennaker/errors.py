@@ -24,6 +24,7 @@ The tree::
           +-- QuotaExceeded          an account limit (instances, groups, addresses) is reached
           +-- ProviderUnavailable    the cloud did not answer or throttled us; retryable
           +-- OperationFailed        a polled Operation ended FAILED
+          +-- NotSupported           an optional provider method this provider does not offer
 
 A provider turns its cloud's own errors (botocore ``ClientError`` codes, Google API
 ``HttpError`` reasons, a local process that would not start) into the ``CloudError``
@@ -250,6 +251,12 @@ class OperationFailed(CloudError):
     def __init__(self, operation: Operation, *, hint: str | None = None) -> None:
         super().__init__(f"{operation.kind} {operation.id} failed: {operation.message}", hint=hint)
         self.operation = operation
+
+
+class NotSupported(CloudError):
+    """The provider does not offer this (an optional part of the interface, e.g. a cluster's history)."""
+
+    default_hint = "this account's provider does not keep or expose it"
 
 
 class SharedStateUnavailable(CloudError):

@@ -143,11 +143,11 @@ def test_every_provider_has_limits_bounding_a_server_group() -> None:
 
 
 def test_desired_total_leaves_out_the_excluded_and_destroying_groups() -> None:
-    def group(name: str, desired: int, **tags: str) -> ServerGroup:
+    def group(name: str, desired: int, destroying: bool = False) -> ServerGroup:
         return ServerGroup(
-            name=name, account="a", region="r", image_id="i", capacity=Capacity.fixed(desired), tags=tags
+            name=name, account="a", region="r", image_id="i", capacity=Capacity.fixed(desired), destroying=destroying
         )
 
-    groups = [group("a-v000", 2), group("a-v001", 3), group("a-v002", 5, **{"gennaker:destroying": "true"})]
+    groups = [group("a-v000", 2), group("a-v001", 3), group("a-v002", 5, destroying=True)]
     assert desired_total(groups) == 5
     assert desired_total(groups, excluding="a-v001") == 2

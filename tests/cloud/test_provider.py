@@ -8,9 +8,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fakecloud import FakeProvider
 
 from gennaker import errors
-from gennaker.cloud.model import Operation, OperationKind, OperationStatus
+from gennaker.cloud.model import Listener, LoadBalancer, Operation, OperationKind, OperationStatus
 from gennaker.cloud.provider import (
     CloudError,
     CloudProvider,
@@ -167,3 +168,52 @@ def test_poll_raises_when_the_operation_failed() -> None:
         _provider_returning(failed).poll("op-1")
     assert caught.value.operation == failed
     assert repr(_provider_returning(op)) == "Stub(account='acct', region='here')"
+
+
+# --------------------------------------------------------------------------- what callers read through the interface
+
+
+def test_the_optional_methods_have_generic_defaults() -> None:
+    op = Operation(id="op-1", kind=OperationKind.BAKE, key="d/r/t/p")
+    provider = _provider_returning(op)
+    assert provider.recorded_operation("op-1") == op  # a cloud's operation() changes nothing: the same answer
+    lb = LoadBalancer(name="hello-lb", application="hello", account="acct", region="here")
+    assert provider.load_balancer_address(lb) is None  # no address until the cloud names it
+    assert provider.load_balancer_address(lb.replace(dns_name="hello-lb-1.elb.example")) == "hello-lb-1.elb.example"
+    with pytest.raises(errors.NotSupported, match="account acct is a stub account: its history is not recorded"):
+        provider.history("hello-prod")
+
+
+def test_the_fake_reports_destroying_and_a_load_balancer_address() -> None:
+    cloud = FakeProvider()
+    cloud.slow.add(OperationKind.DESTROY_SERVER_GROUP)
+    cloud.add_group("hello-prod-v000", desired=1)
+    assert not cloud.get_server_group("hello-prod-v000").destroying
+    op = cloud.destroy_server_group("hello-prod-v000", IdempotencyKey("d", "r", "t", "destroy"))
+    assert not op.done
+    group = cloud.get_server_group("hello-prod-v000")
+    assert group.destroying and not group.enabled
+    assert [g.destroying for g in cloud.list_server_groups("hello")] == [True]
+    assert "gennaker:destroying" not in group.tags  # the field says it, not a provider's tag
+
+    lb = LoadBalancer(
+        name="hello-lb",
+        application="hello",
+        account="local",
+        region="local",
+        listeners=(Listener(port=9001, protocol="TCP"), Listener(port=8080)),
+    )
+    assert cloud.load_balancer_address(lb) == "http://127.0.0.1:8080"
+    assert cloud.load_balancer_address(lb.replace(dns_name="lb.example")) == "lb.example"
+
+
+def test_the_default_inventory_reads_every_application_it_can_name() -> None:
+    cloud = FakeProvider(account="acct")
+    cloud.add_group("hello-prod-v001", desired=1)
+    cloud.add_group("other-prod-v000", desired=1)
+    image = cloud.add_image("hello-service", "1.0.0")
+    cloud.groups["hello-prod-v001"] = cloud.groups["hello-prod-v001"].replace(image_id=image.id)
+    found = cloud.inventory(["hello"])
+    assert [g.name for g in found.server_groups] == ["hello-prod-v001"]  # "other" is named by nothing
+    assert dict(found.images) == {image.id: image}
+    assert found.load_balancers == () and found.firewalls == ()

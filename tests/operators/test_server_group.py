@@ -124,7 +124,7 @@ def test_newest_is_by_creation_time_not_sequence(cloud: FakeProvider) -> None:
 
 def test_other_clusters_and_groups_being_destroyed_do_not_count(cloud: FakeProvider) -> None:
     cloud.add_group("hello-prod-v001")
-    cloud.add_group("hello-prod-v002", tags={"gennaker:destroying": "true"})
+    cloud.add_group("hello-prod-v002", destroying=True)
     cloud.add_group("hello-staging-v003")
     cloud.add_group("hello-prod-canary-v004")
     run(make(EnableServerGroupOperator, target="newest"))

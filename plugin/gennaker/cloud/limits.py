@@ -83,12 +83,9 @@ class Limits:
         self.check_account(account, others, capacity.desired, name)
 
 
-DESTROYING_TAG = "gennaker:destroying"  # local_supervisor's tag (imported there would import processes here)
-
-
 def desired_total(groups: Iterable[ServerGroup], *, excluding: str | None = None) -> int:
     """The desired instances of ``groups`` (but ``excluding``), leaving out groups being destroyed."""
-    return sum(g.capacity.desired for g in groups if g.name != excluding and not g.tags.get(DESTROYING_TAG))
+    return sum(g.capacity.desired for g in groups if g.name != excluding and not g.destroying)
 
 
 def local_limits(extra: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Limits:

@@ -222,6 +222,9 @@ class ServerGroup(CloudModel):
     instances: tuple[Instance, ...] = ()
     disabled_by: str | None = Field(default=None, description="who took it out of service, and why")
     disabled_at: AwareDatetime | None = None
+    destroying: bool = Field(
+        default=False, description="being destroyed: out of service for good, no action applies to it any more"
+    )
     native: dict[str, Any] = Field(
         default_factory=dict, description="provider ids: launch template and version, instance template, MIG link"
     )
@@ -478,6 +481,23 @@ class MetricSeries(CloudModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+HistoryKind = Literal["created", "resized", "enabled", "disabled", "destroying", "destroyed", "instanceTerminated"]
+"""What happened to a server group, in a cluster's deployment history."""
+
+
+class ClusterEvent(CloudModel):
+    """One change of a cluster's server groups (``CloudProvider.history``), with the operation that made it."""
+
+    id: int = Field(description="increasing with time; pages of history continue below the last one's id")
+    at: AwareDatetime
+    kind: HistoryKind
+    server_group: str
+    instance_id: str | None = Field(default=None, description="the terminated instance (instanceTerminated)")
+    message: str = ""
+    key: str | None = Field(default=None, description="the idempotency key of the change: who asked for it")
+    operation: Operation | None = Field(default=None, description="the operation of that key, as recorded")
+
+
 class Event(CloudModel):
     """One line of the audit log: who did what to which resource, and when."""
 
@@ -495,12 +515,14 @@ __all__ = [
     "BakeRequest",
     "Capacity",
     "CloudModel",
+    "ClusterEvent",
     "CreatedBy",
     "Event",
     "Firewall",
     "FirewallRule",
     "Health",
     "HealthCounts",
+    "HistoryKind",
     "Image",
     "Instance",
     "Listener",

@@ -40,6 +40,14 @@ The contract every provider keeps:
        +-- QuotaExceeded            an account limit
        +-- ProviderUnavailable      transient: the only retryable one
        +-- OperationFailed          a polled Operation ended FAILED
+       +-- NotSupported             an optional method this provider does not offer
+- **Callers read the interface, never a provider's internals.** What stages and the
+  Clusters page need is a method or a model field: a server group being destroyed is
+  ``ServerGroup.destroying``, where clients reach a load balancer is
+  :meth:`CloudProvider.load_balancer_address`, a cluster's deployment history is
+  :meth:`CloudProvider.history` (optional: :class:`NotSupported` by default), and a
+  whole account read at once is :meth:`CloudProvider.inventory` (a generic default a
+  provider may replace with a faster bulk read).
 - **No SDK at import time.** boto3 and the Google clients are imported inside methods
   (ruff bans them at module level): DAG files import stages, stages import this.
 """
@@ -49,8 +57,9 @@ from __future__ import annotations
 import abc
 import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from urllib.parse import unquote
@@ -59,6 +68,7 @@ from gennaker.cloud.limits import Limits
 from gennaker.cloud.model import (
     BakeRequest,
     Capacity,
+    ClusterEvent,
     CreatedBy,
     Firewall,
     Image,
@@ -77,6 +87,7 @@ from gennaker.errors import (
     InvalidName,
     InvalidRequest,
     NotFound,
+    NotSupported,
     OperationFailed,
     ProviderUnavailable,
     QuotaExceeded,
@@ -156,6 +167,19 @@ class IdempotencyKey:
     def created_by(self) -> CreatedBy:
         """The task this key belongs to, for a resource's ``created_by``."""
         return CreatedBy(dag_id=self.dag_id, run_id=self.run_id, task_id=self.task_id, map_index=self.map_index)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Everything of an account the Clusters page shows, read at once (:meth:`CloudProvider.inventory`).
+
+    ``images``: the images the server groups use, by id (a deregistered one is left out).
+    """
+
+    server_groups: tuple[ServerGroup, ...] = ()
+    load_balancers: tuple[LoadBalancer, ...] = ()
+    firewalls: tuple[Firewall, ...] = ()
+    images: Mapping[str, Image] = dataclass_field(default_factory=dict)
 
 
 def _escape(part: str) -> str:
@@ -280,6 +304,14 @@ class CloudProvider(abc.ABC):
     def upsert_load_balancer(self, load_balancer: LoadBalancer, key: IdempotencyKey) -> Operation:
         """Create a load balancer, or update its listeners, clusters, weights and health check."""
 
+    def load_balancer_address(self, load_balancer: LoadBalancer) -> str | None:
+        """Where clients reach ``load_balancer`` (a URL or a DNS name); None while the cloud has given it none.
+
+        The default is the model's ``dns_name`` (what a cloud fills in when it lists the load
+        balancer); a provider whose address follows from the listeners says so here.
+        """
+        return load_balancer.dns_name
+
     @abc.abstractmethod
     def list_load_balancers(self, *, application: str | None = None, region: str | None = None) -> list[LoadBalancer]:
         """Load balancers of an application (all of the account's when None)."""
@@ -324,6 +356,46 @@ class CloudProvider(abc.ABC):
     def operation(self, operation_id: str) -> Operation:
         """The current state of a long operation; :class:`NotFound` for an unknown id."""
 
+    def recorded_operation(self, operation_id: str) -> Operation:
+        """An operation as last recorded, without moving it on; :class:`NotFound` for an unknown id.
+
+        The default is :meth:`operation`: for a cloud, reading an operation changes nothing.
+        A provider whose :meth:`operation` does work (the local one finishes what is done)
+        answers from its records here, so a reader who may not act can still look.
+        """
+        return self.operation(operation_id)
+
+    # ----------------------------------------------------------------------- optional reads
+
+    def history(self, cluster: str, *, before: int | None = None, limit: int = 200) -> list[ClusterEvent]:
+        """A cluster's deployment history in this account, newest first: events with ids below ``before``.
+
+        Optional: the default raises :class:`NotSupported` (the Clusters API answers 501).
+        """
+        raise NotSupported(
+            f"account {self.account} is a {self.kind} account: its history is not recorded here",
+            hint="see the pipelines' runs in Airflow for what changed the cluster",
+        )
+
+    def inventory(self, applications: Iterable[str] = ()) -> Inventory:
+        """The account's server groups (with instances), load balancers, firewalls and the images in use.
+
+        Reading starts and changes nothing. The default lists server groups per application:
+        ``applications`` (those known elsewhere, e.g. from the pipelines) and those of the load
+        balancers and firewalls. A provider that can read the whole account in bulk overrides it.
+        """
+        balancers = self.list_load_balancers()
+        firewalls = self.list_firewalls()
+        names = set(applications) | {lb.application for lb in balancers} | {fw.application for fw in firewalls}
+        groups = [group for name in sorted(names) for group in self.list_server_groups(name)]
+        images = {}
+        for image_id in sorted({group.image_id for group in groups}):
+            try:
+                images[image_id] = self.get_image(image_id)
+            except NotFound:
+                continue  # deregistered: the group still shows its image id
+        return Inventory(tuple(groups), tuple(balancers), tuple(firewalls), images)
+
     @property
     def limits(self) -> Limits:
         """The account's capacity limits (per server group, per account), checked before creating or resizing.
@@ -355,7 +427,9 @@ __all__ = [
     "IdempotencyKey",
     "InvalidName",
     "InvalidRequest",
+    "Inventory",
     "NotFound",
+    "NotSupported",
     "OperationFailed",
     "ProviderUnavailable",
     "QuotaExceeded",

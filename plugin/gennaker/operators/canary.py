@@ -66,7 +66,6 @@ from airflow.sdk.exceptions import TaskAwaitingInput
 
 from gennaker.operators.deploy import DONE, DeliveryOperator
 from gennaker.operators.server_group import (
-    DESTROYING_TAG,
     PENDING_KEY,
     CloudStageFailed,
     CloudStageOperator,
@@ -994,7 +993,7 @@ class CanaryCleanupOperator(CloudStageOperator):
                 if (
                     made is not None
                     and (made.dag_id, made.run_id, made.task_id) == (ti.dag_id, ti.run_id, self.canary_task_id)
-                    and not group.tags.get(DESTROYING_TAG)
+                    and not group.destroying
                 ):
                     ours.append(group)
         ops = []

@@ -54,7 +54,6 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from gennaker.operators.base import utc_in
 from gennaker.operators.server_group import (
-    DESTROYING_TAG,
     CloudStageFailed,
     CloudStageOperator,
     ServerGroupNotFound,
@@ -311,7 +310,7 @@ class DeliveryOperator(CloudStageOperator):
         provider = self.get_provider()
         with self.cloud_call(f"list the server groups of {self.cluster}"):
             found = provider.list_server_groups(self.application, cluster=self.cluster, region=region)
-        live = [g for g in found if g.cluster == self.cluster and not g.tags.get(DESTROYING_TAG)]
+        live = [g for g in found if g.cluster == self.cluster and not g.destroying]
         return sorted(live, key=lambda g: g.created)
 
     def group(self, name: str, region: str) -> ServerGroup:

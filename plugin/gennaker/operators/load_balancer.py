@@ -6,8 +6,9 @@ weights of the server groups and the other clusters it serves. Listening on a po
 another load balancer or program holds fails the stage and changes nothing.
 
 Outputs: ``loadBalancer``, ``clusters``, ``listeners`` (port, protocol), ``address``
-(``http://127.0.0.1:<port>`` for the local provider's first HTTP listener, else the
-cloud's DNS name), ``created`` (false when it existed).
+(the provider's :meth:`~gennaker.cloud.provider.CloudProvider.load_balancer_address`:
+``http://127.0.0.1:<port>`` of the local provider's first HTTP listener, a cloud's DNS
+name once it has one), ``created`` (false when it existed).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class UpsertLoadBalancerOperator(CloudStageOperator):
             "loadBalancer": self.name,
             "clusters": list(clusters),
             "listeners": [{"port": x.port, "protocol": x.protocol} for x in listeners],
-            "address": _address(provider.kind, listeners, current),
+            # The asked-for listeners with the name the cloud gave it (if any): the address after this change.
+            "address": provider.load_balancer_address(wanted.replace(dns_name=current.dns_name) if current else wanted),
             "created": current is None,
         }
         if op is not None:
@@ -106,13 +108,6 @@ def _same(current: Any, wanted: Any) -> bool:
 
 def _ports(listeners: Sequence[Any]) -> str:
     return ", ".join(f"{x.protocol} {x.port}" for x in listeners)
-
-
-def _address(kind: str, listeners: Sequence[Any], current: Any) -> str | None:
-    if kind == "local":
-        http = [x for x in listeners if x.protocol in ("HTTP", "HTTPS")] or list(listeners)
-        return f"http://127.0.0.1:{http[0].port}" if http else None
-    return getattr(current, "dns_name", None)
 
 
 __all__ = ["UpsertLoadBalancerOperator"]

@@ -65,9 +65,6 @@ PREVIOUS = "previous"
 OLDEST = "oldest"
 DYNAMIC_TARGETS = (NEWEST, PREVIOUS, OLDEST)
 
-# The tag a provider puts on a server group it is destroying: such a group is not a target any more.
-DESTROYING_TAG = "gennaker:destroying"
-
 # Where a deferring stage keeps its result for the resume, besides the defer kwargs (which Airflow 3.3's
 # dag.test() drops; XComs pushed before a deferral survive it).
 PENDING_KEY = "gennaker.pending"
@@ -487,7 +484,7 @@ def _traffic_words(serving: Sequence[str], cluster: str) -> str:
 
 def live_groups(groups: Iterable[ServerGroup], cluster: str) -> list[ServerGroup]:
     """A cluster's server groups, oldest first by creation time (other clusters' and those being destroyed left out)."""
-    live = [g for g in groups if g.cluster == cluster and not g.tags.get(DESTROYING_TAG)]
+    live = [g for g in groups if g.cluster == cluster and not g.destroying]  # one being destroyed is no target
     return sorted(live, key=lambda g: g.created)  # stable: the provider's order breaks ties
 
 

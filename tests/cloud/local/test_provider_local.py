@@ -50,6 +50,7 @@ from gennaker.cloud.model import (
     Operation,
     OperationKind,
     OperationStatus,
+    ServerGroup,
     ServerGroupSpec,
 )
 from gennaker.cloud.provider import IdempotencyKey
@@ -911,3 +912,57 @@ def test_errors_say_what_to_do_and_leave_the_serving_group_serving(lab: Lab) -> 
     with pytest.raises(InvalidRequest, match=f"{LB} still serves {serving}: disable or destroy them first"):
         provider.delete_load_balancer(LB, lab.key("delete-lb"))
     still_serving()
+
+
+# ------------------------------------------------------------------------ 10. what callers read through the interface
+
+
+def _record(provider: LocalProvider, name: str, **fields: Any) -> None:
+    """A server group record only (nothing runs for it)."""
+    provider.store.put_server_group(
+        ServerGroup(name=name, account=ACCOUNT, region=REGION, image_id="img-x", capacity=Capacity.fixed(0), **fields)
+    )
+
+
+def test_destroying_and_the_load_balancer_address_read_through_the_interface(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider = LocalProvider(ACCOUNT, REGION, home=tmp_path / "gennaker")
+    try:
+        _record(provider, "hello-test-v000", enabled=False)
+        # An earlier version marked a group with the tag alone: it reads destroying all the same.
+        _record(provider, "hello-test-v001", enabled=False, tags={local_supervisor.DESTROYING_TAG: "true"})
+        assert [g.destroying for g in provider.list_server_groups("hello")] == [False, True]
+        assert [g.destroying for g in provider.inventory().server_groups] == [False, True]
+        assert provider.get_server_group("hello-test-v001").destroying
+
+        # A destroy marks the group (the field, and the tag the supervisors of any version read) while its
+        # supervisor stops the instances: pretend one runs, so the operation waits for it.
+        monkeypatch.setattr(local_supervisor, "supervisor_pid", lambda *args: 4242)
+        op = provider.destroy_server_group("hello-test-v000", IdempotencyKey("d", "r", "t", "destroy"))
+        assert op.status is OperationStatus.RUNNING, op.message
+        group = provider.get_server_group("hello-test-v000")
+        assert group.destroying and group.tags[local_supervisor.DESTROYING_TAG] == "true"
+        assert provider.recorded_operation(op.id) == provider.store.get_operation(op.id)
+
+        [destroying] = provider.history("hello-test")
+        assert (destroying.kind, destroying.server_group, destroying.message) == (
+            "destroying",
+            "hello-test-v000",
+            "destroying hello-test-v000",
+        )
+
+        lb = LoadBalancer(
+            name=LB,
+            application="hello",
+            account=ACCOUNT,
+            region=REGION,
+            listeners=(Listener(port=7001, protocol="TCP"), Listener(port=7002)),
+        )
+        assert provider.load_balancer_address(lb) == "http://127.0.0.1:7002"
+        assert provider.load_balancer_address(lb.replace(listeners=(Listener(port=7001, protocol="TCP"),))) == (
+            "http://127.0.0.1:7001"
+        )
+        assert provider.load_balancer_address(lb.replace(listeners=())) is None
+    finally:
+        provider.close()
