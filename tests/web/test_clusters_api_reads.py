@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 from clusters_helpers import T0, Api, add_pipeline, write_records
+from fakecloud import FakeProvider
 
+from gennaker.cloud.local.provider_reads import read_server_groups
 from gennaker.cloud.local.state import StateStore
 from gennaker.cloud.model import Image, OperationKind, OperationStatus
 from gennaker.cloud.provider import IdempotencyKey
-from gennaker.web.localstate import read_server_groups
 
 
 def store(api: Api) -> StateStore:
@@ -252,6 +253,26 @@ def test_history_says_which_run_or_user_changed_which_group(api: Api, service: A
     assert [e["id"] for e in first["entries"]] == [entries[0]["id"], entries[1]["id"]]
     rest = api.ok(f"/applications/hist/clusters/local/hist-s0/history?limit=2&before={first['nextBefore']}")
     assert [e["id"] for e in rest["entries"]] == [entries[2]["id"]]
+
+
+def test_a_provider_that_keeps_no_history_answers_501(api: Api, service: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The history route asks the account's provider; one without ``history()`` (the interface's default) is a 501."""
+
+    class OtherCloud(FakeProvider):
+        kind = "othercloud"
+
+    other = OtherCloud(account="elsewhere")
+    other.add_group("nohist-s0-v000")
+    known = service.accounts.provider
+    monkeypatch.setattr(service.accounts, "provider", lambda name: other if name == "elsewhere" else known(name))
+    r = api.get("/applications/nohist/clusters/elsewhere/nohist-s0/history")
+    assert r.status_code == 501, r.text
+    assert r.json() == {
+        "detail": "account elsewhere is a othercloud account: its history is not recorded here",
+        "type": "Unsupported",
+        "hint": "",
+    }
+    api.conforms("/api/applications/{application}/clusters/{account}/{cluster}/history", "GET", 501, r.json())
 
 
 # --------------------------------------------------------------------------- OpenAPI

@@ -7,8 +7,7 @@ module             what it does
 ``service``        what each route does: permissions, cached reads, actions
 ``auth``           Airflow's auth manager -> application permissions; the cross-site rule
 ``cache``          per-account snapshots: a few seconds fresh, refreshed in the background
-``reader``         one read of an account (never starts a process)
-``localstate``     bulk reads of the local provider's SQLite state
+``reader``         one read of an account through ``CloudProvider.inventory`` (never starts a process)
 ``actions``        actions run through the stages' own code, followed to their end
 ``audit``          the audit trail of actions (a table in the state store)
 ``views``          the cloud model as the API shows it

@@ -5,11 +5,10 @@ account. It never changes once read, so what is built from it (the rendered clus
 an application, say) is memoized on it (:meth:`AccountSnapshot.memo`) and thrown away
 with it.
 
-Reading never starts anything: for the local provider the state store is read in bulk
-(:mod:`gennaker.web.localstate`), not through :meth:`LocalProvider.instances`, which
-would start a supervisor for a group that has none. Other providers are read through the
-:class:`CloudProvider` interface: their server groups are listed per application (the
-applications of their load balancers, firewalls and pipelines).
+An account is read through :meth:`CloudProvider.inventory`, which starts nothing: its
+default lists server groups per application (the applications of the load balancers,
+firewalls and pipelines); a provider that can read its whole account in bulk (the local
+one reads its state store in two queries) does so instead.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from typing import Any, TypeVar
 from gennaker.cloud.model import Firewall, Image, LoadBalancer, ServerGroup, utcnow
 from gennaker.cloud.provider import CloudProvider
 from gennaker.errors import NotFound
-from gennaker.web.localstate import read_server_groups
 
 T = TypeVar("T")
 
@@ -123,36 +121,17 @@ def warm(old: AccountSnapshot, new: AccountSnapshot) -> None:
 
 def read_account(account: str, provider: CloudProvider, applications: Iterable[str] = ()) -> AccountSnapshot:
     """Read an account. ``applications``: those known elsewhere (pipelines), for providers listed per application."""
-    from gennaker.cloud.local.provider import LocalProvider
-
     read_at = utcnow()
-    if isinstance(provider, LocalProvider):
-        store = provider.store
-        groups = [provider.observe(group) for group in read_server_groups(store, account)]  # stale rows: Unknown
-        balancers = store.list_load_balancers(account=account)
-        firewalls = store.list_firewalls(account=account)
-        used = {group.image_id for group in groups}
-        images = {image.id: image for image in store.find_images() if image.id in used}
-    else:
-        balancers = provider.list_load_balancers()
-        firewalls = provider.list_firewalls()
-        names = set(applications) | {lb.application for lb in balancers} | {fw.application for fw in firewalls}
-        groups = [group for name in sorted(names) for group in provider.list_server_groups(name)]
-        images = {}
-        for image_id in sorted({group.image_id for group in groups}):
-            try:
-                images[image_id] = provider.get_image(image_id)
-            except NotFound:
-                continue  # deregistered: the group still shows its image id
+    inventory = provider.inventory(applications)
     return AccountSnapshot(
         account=account,
         kind=provider.kind,
         region=provider.region,
         read_at=read_at,
-        server_groups=tuple(groups),
-        load_balancers=tuple(balancers),
-        firewalls=tuple(firewalls),
-        images=images,
+        server_groups=tuple(inventory.server_groups),
+        load_balancers=tuple(inventory.load_balancers),
+        firewalls=tuple(inventory.firewalls),
+        images=inventory.images,
     )
 
 

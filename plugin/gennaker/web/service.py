@@ -21,7 +21,7 @@ from typing import Any
 
 from gennaker.cloud.model import Operation, OperationStatus
 from gennaker.cloud.provider import CloudProvider
-from gennaker.errors import CloudError, NotFound
+from gennaker.errors import CloudError, NotFound, NotSupported
 from gennaker.web import models as m
 from gennaker.web import views
 from gennaker.web.accounts import Accounts
@@ -29,20 +29,9 @@ from gennaker.web.actions import ActionRunner, Target, cluster_of, group_of, sta
 from gennaker.web.audit import AuditLog
 from gennaker.web.auth import EDIT, READ, Authorizer, PipelineIndex, user_name
 from gennaker.web.cache import DEFAULT_MAX_STALE, DEFAULT_TTL, SnapshotCache
-from gennaker.web.localstate import read_cluster_events
 from gennaker.web.reader import AccountSnapshot, read_account, warm
 
 log = logging.getLogger(__name__)
-
-HISTORY_EVENTS: dict[str, m.HistoryEvent] = {
-    "serverGroup.created": "created",
-    "serverGroup.resized": "resized",
-    "serverGroup.enabled": "enabled",
-    "serverGroup.disabled": "disabled",
-    "serverGroup.destroying": "destroying",
-    "serverGroup.destroyed": "destroyed",
-    "instance.terminated": "instanceTerminated",
-}
 
 
 class Forbidden(Exception):
@@ -264,25 +253,27 @@ class ClustersService:
     def history(
         self, user: Any, application: str, account: str, cluster: str, *, before: int | None, limit: int
     ) -> m.HistoryResponse:
-        """``GET .../clusters/{account}/{cluster}/history``: from the recorded events, operations and keys."""
-        from gennaker.cloud.local.provider import LocalProvider
+        """``GET .../clusters/{account}/{cluster}/history``: the provider's :meth:`~CloudProvider.history`.
 
+        A provider that keeps no history (:class:`NotSupported`) answers :class:`Unsupported` (501).
+        """
         self.require_read(user, application)
         cluster_of(application, cluster)
         provider = self.accounts.provider(account)
-        if not isinstance(provider, LocalProvider):
-            raise Unsupported(f"account {account} is a {provider.kind} account: its history is not recorded here")
-        events = read_cluster_events(provider.store, account, cluster, before=before, limit=limit)
+        try:
+            events = provider.history(cluster, before=before, limit=limit)
+        except NotSupported as error:
+            raise Unsupported(error.message) from None
         keys = [views.source(e.key, {}) for e in events]
         users = self.audit().users(k.run_id for k in keys if k is not None and k.kind == "ui")
         entries = []
         for event, key in zip(events, keys, strict=True):
-            op = provider.store.find_operation(event.key) if event.key else None
+            op = event.operation
             entries.append(
                 m.HistoryEntry(
                     id=event.id,
                     at=event.at,
-                    event=HISTORY_EVENTS[event.kind],
+                    event=event.kind,
                     server_group=event.server_group,
                     instance_id=event.instance_id,
                     message=event.message,
@@ -332,12 +323,7 @@ class ClustersService:
 
     def _recorded_operation(self, account: str, operation_id: str) -> Operation:
         """An operation as recorded, without advancing it (the local provider's ``operation`` would)."""
-        from gennaker.cloud.local.provider import LocalProvider
-
-        provider = self.accounts.provider(account)
-        if isinstance(provider, LocalProvider):
-            return provider.store.get_operation(operation_id)
-        return provider.operation(operation_id)
+        return self.accounts.provider(account).recorded_operation(operation_id)
 
     def operation(self, user: Any, application: str, account: str, operation_id: str) -> m.OperationView:
         """``GET .../operations/{account}/{operationId}``: poll an operation of the application's server groups.

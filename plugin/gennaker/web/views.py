@@ -11,8 +11,6 @@ from gennaker.web import models as m
 from gennaker.web.audit import UI_DAG_ID
 from gennaker.web.reader import AccountSnapshot
 
-DESTROYING_TAG = "gennaker:destroying"
-
 
 def dag_url(dag_id: str) -> str:
     """The DAG in the Airflow UI, relative to the UI's root."""
@@ -77,7 +75,7 @@ def server_group(group: ServerGroup, images: Mapping[str, Image]) -> m.ServerGro
         enabled=group.enabled,
         disabled_by=group.disabled_by,
         disabled_at=group.disabled_at,
-        destroying=bool(group.tags.get(DESTROYING_TAG)),
+        destroying=group.destroying,
         load_balancers=list(group.load_balancers),
         firewalls=list(group.firewalls),
         created_at=group.created,
@@ -112,7 +110,7 @@ def clusters(snapshot: AccountSnapshot, application: str) -> list[m.ClusterView]
                 detail=first.detail,
                 regions=sorted({g.region for g in groups}),
                 instance_counts=add_counts(v.instance_counts for v in views),
-                enabled_server_groups=[g.name for g in groups if g.enabled and not g.tags.get(DESTROYING_TAG)],
+                enabled_server_groups=[g.name for g in groups if g.enabled and not g.destroying],
                 server_groups=views,
             )
         )
