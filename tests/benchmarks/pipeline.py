@@ -460,7 +460,7 @@ PROFILE_RULES: tuple[tuple[str, str], ...] = (
     ("_execute_task;_find_and_load", "execute: other imports"),
     ("_execute_task;ClusterHook._build", "execute: build the provider (connection lookup)"),
     ("_execute_task;_await_start", "execute: wait for the new group's supervisor to start"),
-    ("_execute_task;local_images.py", "execute: bake (provider work)"),
+    ("_execute_task;gennaker/cloud/local/image", "execute: bake (provider work)"),
     ("_execute_task;wait_healthy", "execute: inline wait for health (0.2 s polls)"),
     ("_execute_task;wait_operations", "execute: inline wait for operations (0.2 s polls)"),
     ("_execute_task;gennaker/cloud/locks.py", "execute: cluster lock (SQLite)"),
