@@ -14,7 +14,7 @@ from fakecloud import FakeProvider
 from gennaker.artifact_refs import ArtifactRefused, parse_rule
 from gennaker.cloud.model import BakeRequest, Operation, OperationKind
 from gennaker.cloud.provider import IdempotencyKey
-from gennaker.operators import server_group as sg
+from gennaker.operators import base as sg
 from gennaker.operators.bake import BakeOperator, artifacts_dir, resolve_artifact, version_from_name
 from gennaker.operators.server_group import CloudStageFailed
 

@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, T
 from fakecloud import FakeProvider
 
 from gennaker.cloud.model import Capacity, OperationKind
-from gennaker.operators import server_group as sg
+from gennaker.operators import base as sg
 from gennaker.operators.server_group import (
     CloudStageFailed,
     DestroyServerGroupOperator,

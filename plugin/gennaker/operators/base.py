@@ -1,271 +1,421 @@
-"""What every stage operator shares: the stage gate, ``when``, ``onFailure`` and the execution window.
+"""The base classes of every stage: the gate (:mod:`gennaker.operators.gate`) and the cloud stages'.
 
-The semantics follow Spinnaker's, mapped onto Airflow states so the grid shows
-what happened:
+:class:`CloudStageOperator` talks to one account (an Airflow connection) through its
+provider: it turns the provider's errors into task failures that say what to do, keys
+every mutating call with an :class:`~gennaker.cloud.provider.IdempotencyKey` of the task,
+and waits for health or for operations in the worker for a few seconds, else deferred to
+the triggerer (no worker slot held). :class:`ClusterStageOperator` adds the target: one
+server group of a cluster, by name or ``newest`` / ``previous`` / ``oldest``
+(:mod:`gennaker.strategies.targets`).
 
-=================  ============================================================
-``when`` false     the stage is *skipped*; stages after it still run
-halt               the stage *fails*; stages after it are *upstream_failed*; any
-                   stage of another branch that has not started yet is *skipped*
-                   ("pipeline halted"); the run fails
-haltBranch         the error is logged, the stage is *skipped*, so are the stages
-                   after it ("branch halted"); other branches go on; the run
-                   succeeds if they do (Spinnaker's STOPPED)
-failAfterBranches  the stage *fails*; stages after it are *upstream_failed*;
-                   other branches finish; then the run fails
-ignore             the error is logged, the stage is *skipped*, stages after it
-                   run (Spinnaker's FAILED_CONTINUE)
-=================  ============================================================
-
-Non-root stages use the trigger rule ``none_failed`` (so a skipped parent does
-not stop them); the gate then tells a ``when``-skip (go on) from a halted branch
-(stop) by the outcome each skipped stage records in XCom.
+Failures that a retry cannot fix (a traffic guard, a server group or image that does not
+exist, a request the cloud refuses) fail the task at once (``AirflowFailException``
+subclasses); only an unreachable cloud and a health wait that ran out of time may retry.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
-import logging
-from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk.exceptions import (
-    AirflowRescheduleException,
-    AirflowSkipException,
-    AirflowTaskTerminated,
-    DagRunTriggerException,
-    DownstreamTasksSkipped,
-    TaskAwaitingInput,
-    TaskDeferred,
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from gennaker.errors import (
+    CloudError,
+    InvalidName,
+    NotFound,
+    ProviderUnavailable,
+    TrafficGuardViolation,
 )
+from gennaker.hooks.cluster import provider_for
+from gennaker.operators.gate import OUTCOME_KEY, PIPELINE_HALTED, StageMixin, utc_in
+from gennaker.strategies.rollback import DEFAULT_WAIT
+from gennaker.strategies.targets import DYNAMIC_TARGETS, NEWEST, live_groups, pick_target
 
-from gennaker.operators.expressions import evaluate, is_true
-from gennaker.operators.windows import next_window_start
+# The cloud model, naming and provider modules are imported when a stage runs, not when a DAG file
+# that uses these operators is parsed (pydantic models cost tens of milliseconds per parse).
+if TYPE_CHECKING:
+    from gennaker.cloud.model import Operation, ServerGroup
+    from gennaker.cloud.provider import CloudProvider, IdempotencyKey
 
-log = logging.getLogger(__name__)
+# Where a deferring stage keeps its result for the resume, besides the defer kwargs (which Airflow 3.3's
+# dag.test() drops; XComs pushed before a deferral survive it).
+PENDING_KEY = "gennaker.pending"
 
-OUTCOME_KEY = "gennaker.outcome"
-# Outcomes a skipped stage records; the first two stop the stages after it.
-BRANCH_HALTED = "branch_halted"
-PIPELINE_HALTED = "pipeline_halted"
-SUPERSEDED = "superseded"
-FAILED_IGNORED = "failed_ignored"
-WHEN_FALSE = "when_false"
-_STOPPING = {BRANCH_HALTED, PIPELINE_HALTED, SUPERSEDED}
-
-# Exceptions that steer the task runner rather than report a failure.
-_CONTROL_FLOW: tuple[type[BaseException], ...] = (
-    TaskDeferred,
-    TaskAwaitingInput,
-    AirflowSkipException,
-    AirflowRescheduleException,
-    DagRunTriggerException,
-    DownstreamTasksSkipped,
-    AirflowTaskTerminated,
-    KeyboardInterrupt,
-    SystemExit,
-)
+# How often the triggerer polls a deferred wait (a wait lasts DEFAULT_WAIT when the stage has no timeout).
+POLL_INTERVAL = 2.0
+# A wait that ends within this long is polled in the worker (every INLINE_POLL seconds) instead of deferred:
+# a deferral costs a round trip through the triggerer and the scheduler (several seconds on Airflow 3.3).
+INLINE_WAIT = 5.0
+INLINE_POLL = 0.05
 
 
-@functools.cache
-def _keywords(init: Callable[..., Any]) -> frozenset[str]:
-    return frozenset(inspect.signature(init).parameters)
+def inline_wait_seconds() -> float:
+    """``$GENNAKER_INLINE_WAIT`` (seconds, 0 = always defer), else :data:`INLINE_WAIT`."""
+    try:
+        return max(0.0, float(os.environ.get("GENNAKER_INLINE_WAIT", INLINE_WAIT)))
+    except ValueError:
+        return INLINE_WAIT
 
 
-class StageOutputs(Mapping[str, Any]):
-    """``stages.<id>.<key>`` in expressions: earlier stages' return values, pulled lazily."""
-
-    def __init__(self, ti: Any, task_ids: Mapping[str, str]) -> None:
-        self._ti = ti
-        self._task_ids = task_ids
-        self._cache: dict[str, Any] = {}
-
-    def __getitem__(self, stage_id: str) -> Any:
-        if stage_id not in self._task_ids:
-            raise KeyError(f"no stage {stage_id!r} in this pipeline")
-        if stage_id not in self._cache:
-            value = self._ti.xcom_pull(task_ids=self._task_ids[stage_id])
-            self._cache[stage_id] = _AttrDict(value) if isinstance(value, dict) else value
-        return self._cache[stage_id]
-
-    def __getattr__(self, stage_id: str) -> Any:
-        try:
-            return self[stage_id]
-        except KeyError as exc:
-            raise AttributeError(str(exc)) from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._task_ids)
-
-    def __len__(self) -> int:
-        return len(self._task_ids)
+# --------------------------------------------------------------------------- failures
 
 
-class _AttrDict(dict[str, Any]):
-    def __getattr__(self, key: str) -> Any:
-        try:
-            value = self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-        return _AttrDict(value) if isinstance(value, dict) else value
+class CloudStageFailed(AirflowFailException):
+    """A cloud stage failed in a way a retry cannot fix (the message says what to do)."""
 
 
-class StageMixin:
-    """Mixed into every stage operator, before the Airflow operator class.
+class TrafficGuardBlocked(CloudStageFailed):
+    """The change would leave a guarded cluster without a serving server group."""
 
-    Subclasses implement :meth:`run_stage` (or inherit the wrapped operator's
-    ``execute``); Airflow calls :meth:`execute`, which runs the gate first.
-    """
 
-    gennaker_stage_type: ClassVar[str] = ""
+class ServerGroupNotFound(CloudStageFailed):
+    """The target server group (or cluster) does not exist."""
+
+
+class ImageNotFound(CloudStageFailed):
+    """findImage found no image of the package with the given tags."""
+
+
+class ServerGroupUnhealthy(AirflowException):
+    """A server group did not become healthy in time (a retry waits again)."""
+
+
+def _resume_grace() -> timedelta:
+    """How long a deferred stage stays parked at least: past Airflow's exit report of the deferring try."""
+    try:
+        from airflow.sdk.configuration import conf
+
+        seconds = conf.getint("workers", "min_heartbeat_interval", fallback=5)
+    except Exception:
+        seconds = 5
+    return timedelta(seconds=seconds + 1)
+
+
+# --------------------------------------------------------------------------- bases
+
+
+class CloudStageOperator(StageMixin, BaseOperator):
+    """A stage that talks to one account (an Airflow connection) of a cloud provider."""
+
+    template_fields: Sequence[str] = ("account", "region")
+    ui_color = "#e6f4ea"
 
     def __init__(
         self,
         *,
-        stage_id: str,
-        when: str | bool | None = None,
-        on_failure: str = "halt",
-        execution_window: dict[str, Any] | None = None,
-        stage_task_ids: Mapping[str, str] | None = None,
-        halting_task_ids: list[str] | None = None,
-        keep_waiting: bool = True,
+        account: str = "local",
+        region: str | None = None,
+        cloud: str = "local",
         **kwargs: Any,
     ) -> None:
-        # The subclass's __init__ is already wrapped by Airflow's apply_defaults, which merged the
-        # DAG's default_args and params into kwargs; calling the next class's unwrapped __init__
-        # skips a second merge (a deep copy of the DAG's params per task: a third of the parse time).
-        next_init = super().__init__
-        unwrapped = getattr(next_init, "__wrapped__", None)
-        if unwrapped is not None and "default_args" in kwargs:
-            # What the skipped wrapper would do: fill the next __init__'s own keywords from default_args.
-            for name, value in (kwargs["default_args"] or {}).items():
-                if name not in kwargs and name in _keywords(unwrapped):
-                    kwargs[name] = value
-            unwrapped(self, **kwargs)
-        else:
-            next_init(**kwargs)
-        self.stage_id = stage_id
-        self.when = when
-        self.on_failure = on_failure
-        self.execution_window = execution_window
-        self.stage_task_ids = dict(stage_task_ids or {})
-        self.halting_task_ids = list(halting_task_ids or [])
-        self.keep_waiting = keep_waiting
+        super().__init__(**kwargs)
+        self.account = account
+        self.region = region
+        self.cloud = cloud
+        self._provider: CloudProvider | None = None
 
-    # ------------------------------------------------------------------ entry points
+    # ------------------------------------------------------------------ the account
 
-    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
-        context["stages"] = StageOutputs(context["ti"], self.stage_task_ids)
-        super().render_template_fields(context, jinja_env)  # type: ignore[misc]
-
-    def execute(self, context: Any) -> Any:
-        self._gate(context)
-        return self._guarded(context, self.run_stage)
-
-    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
-        if next_method == "_window_opened":
-            return self.execute(context)
-        parent = super().resume_execution  # type: ignore[misc]
-        return self._guarded(context, lambda ctx: parent(next_method, next_kwargs, ctx))
-
-    def run_stage(self, context: Any) -> Any:
-        """The stage's work; by default the wrapped Airflow operator's ``execute``."""
-        return super().execute(context)  # type: ignore[misc]
-
-    def _window_opened(self, context: Any, event: Any = None) -> Any:  # pragma: no cover - via resume
-        return self.execute(context)
-
-    # ------------------------------------------------------------------ the gate
-
-    def _gate(self, context: Any) -> None:
-        ti = context["ti"]
-        upstream = sorted(self.upstream_task_ids)  # type: ignore[attr-defined]
-        watch = sorted(set(upstream) | set(self.halting_task_ids))
-        states: dict[str, Any] = {}
-        if watch:
-            found = ti.get_task_states(dag_id=ti.dag_id, task_ids=watch, run_ids=[ti.run_id])
-            states = found.get(ti.run_id, {}) if isinstance(found, dict) else {}
-        halted_by = [t for t in self.halting_task_ids if t != ti.task_id and self._halted(ti, t, states.get(t))]
-        if halted_by:
-            self._skip(context, PIPELINE_HALTED, f"pipeline halted: stage {halted_by[0]!r} failed")
-        for parent in upstream:
-            if states.get(parent) != "skipped":
-                continue
-            outcome = ti.xcom_pull(task_ids=parent, key=OUTCOME_KEY)
-            if outcome in _STOPPING:
-                self._skip(context, outcome, f"not run: {parent!r} was skipped ({outcome.replace('_', ' ')})")
-        if not upstream and not self.keep_waiting:
-            waiting = ti.get_dr_count(dag_id=ti.dag_id, states=["queued"])
-            if waiting:
-                self._skip(
-                    context,
-                    SUPERSEDED,
-                    f"superseded: {waiting} newer run(s) are waiting (concurrency.keepWaiting is false)",
+    def get_provider(self) -> CloudProvider:
+        """The account's provider (built once per task try)."""
+        if self._provider is None:
+            try:
+                provider = provider_for(self.account, self.region or None)
+            except ProviderUnavailable:
+                raise
+            except CloudError as error:
+                raise CloudStageFailed(f"stage {self.stage_id!r}: {error}") from error
+            if provider.kind != self.cloud:
+                raise CloudStageFailed(
+                    f"stage {self.stage_id!r} says provider {self.cloud!r}, but account {self.account!r} is a "
+                    f"{provider.kind!r} account: set the stage's provider to {provider.kind!r} or pick an account "
+                    f"of the {self.cloud!r} provider"
                 )
-        if self.when is not None and self.when != "":
-            result = self._evaluate(self.when, context)
-            if not is_true(result):
-                self._skip(context, WHEN_FALSE, f"skipped: 'when' is false ({self.when!r} -> {result!r})")
-        if self.execution_window:
-            now = datetime.now(timezone.utc)
-            opens = next_window_start(self.execution_window, now)
-            if opens > now:
-                log_ = getattr(self, "log", log)
-                log_.info("outside the execution window; waiting until %s", opens.isoformat())
-                from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+            self._provider = provider
+        return self._provider
 
-                self.defer(  # type: ignore[attr-defined]
-                    trigger=DateTimeTrigger(moment=opens),
-                    method_name="_window_opened",
-                )
+    def key(self, context: Any, purpose: str) -> IdempotencyKey:
+        """The idempotency key of this task's call for ``purpose``."""
+        from gennaker.cloud.provider import IdempotencyKey
 
-    @staticmethod
-    def _halted(ti: Any, task_id: str, state: Any) -> bool:
-        # Airflow records a failed state only once the task's process has exited, seconds later; until then
-        # the stage still reads "running", and its "pipeline halted" outcome (see _guarded) tells.
-        if state == "failed":
-            return True
-        return state == "running" and ti.xcom_pull(task_ids=task_id, key=OUTCOME_KEY) == PIPELINE_HALTED
+        return IdempotencyKey.from_context(context, purpose)
 
-    def _evaluate(self, expression: str | bool, context: Any) -> Any:
-        if isinstance(expression, bool):
-            return expression
-        return evaluate(self, expression, context)
-
-    def _skip(self, context: Any, outcome: str, message: str) -> None:
-        getattr(self, "log", log).info(message)
-        context["ti"].xcom_push(key=OUTCOME_KEY, value=outcome)
-        raise AirflowSkipException(message)
-
-    # ------------------------------------------------------------------ onFailure
-
-    def _guarded(self, context: Any, fn: Callable[[Any], Any]) -> Any:
+    @contextmanager
+    def cloud_call(self, doing: str) -> Iterator[None]:
+        """Turn the provider's errors into task failures that say ``doing`` failed, and why."""
         try:
-            return fn(context)
-        except _CONTROL_FLOW:
-            raise
-        except BaseException as exc:
-            mode = self.on_failure
-            if mode in ("ignore", "haltBranch") and self._last_try(context):
-                outcome = FAILED_IGNORED if mode == "ignore" else BRANCH_HALTED
-                what = "carrying on" if mode == "ignore" else "halting this branch"
-                getattr(self, "log", log).error(
-                    "stage %r failed: %s; %s (onFailure: %s)", self.stage_id, exc, what, mode, exc_info=True
-                )
-                context["ti"].xcom_push(key=OUTCOME_KEY, value=outcome)
-                raise AirflowSkipException(f"stage failed, {what} (onFailure: {mode}): {exc}") from exc
-            if mode == "halt" and self._last_try(context):
-                # Stages of other branches that start before Airflow has recorded the failure must see it now.
-                context["ti"].xcom_push(key=OUTCOME_KEY, value=PIPELINE_HALTED)
-            raise
+            yield
+        except TrafficGuardViolation as error:
+            raise TrafficGuardBlocked(f"cannot {doing}: the traffic guard refused: {error}") from error
+        except NotFound as error:
+            raise ServerGroupNotFound(f"cannot {doing}: {error}") from error
+        except ProviderUnavailable:
+            raise  # transient: Airflow may retry, and the idempotency keys make the retry safe
+        except CloudError as error:
+            raise CloudStageFailed(f"cannot {doing}: {error}") from error
 
-    def _last_try(self, context: Any) -> bool:
-        ti = context["ti"]
-        retries = getattr(self, "retries", 0) or 0
-        return not (retries and ti.try_number <= ti.max_tries)
+    # ------------------------------------------------------------------ waiting
+
+    def wait_seconds(self) -> float:
+        timeout = self.execution_timeout
+        return (timeout if timeout else DEFAULT_WAIT).total_seconds()
+
+    def wait_healthy(
+        self,
+        context: Any,
+        group: ServerGroup,
+        *,
+        desired: int,
+        percent: int,
+        operations: Sequence[Operation],
+        method_name: str,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Return if ``group`` is healthy now (and ``operations`` have ended); else defer to ``method_name``."""
+        from gennaker.triggers.server_group import ServerGroupHealthyTrigger, measure_health
+
+        provider = self.get_provider()
+        deadline = time.monotonic() + inline_wait_seconds()
+        said = ""
+        while True:
+            operations = self.refresh(operations)
+            _raise_failed(operations)
+            pending = [op for op in operations if not op.done]
+            with self.cloud_call(f"check the health of {group.name}"):
+                instances = provider.instances(group.name, region=group.region)
+            health = measure_health(group.name, instances, desired, percent, pending[0] if pending else None)
+            if health.healthy:
+                self.log.info("%s", health.message)
+                return
+            if time.monotonic() >= deadline:
+                break
+            if health.message != said:
+                said = health.message
+                self.log.info("%s", said)
+            time.sleep(INLINE_POLL)
+        self.log.info("%s; waiting until healthy (in the triggerer, no worker slot held)", health.message)
+        self._keep(context, kwargs)
+        self.defer(
+            trigger=ServerGroupHealthyTrigger(
+                conn_id=self.account,
+                region=group.region,
+                server_group=group.name,
+                target_healthy_percentage=percent,
+                desired=desired,
+                poll_interval=POLL_INTERVAL,
+                timeout=self.wait_seconds(),
+                operation_ids=[op.id for op in pending],
+                not_before=self._not_before(),
+            ),
+            method_name=method_name,
+            kwargs=kwargs,
+        )
+
+    def wait_operations(
+        self,
+        context: Any,
+        operations: Sequence[Operation],
+        region: str,
+        *,
+        method_name: str,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Return if every operation has ended well; defer to ``method_name`` while any runs."""
+        from gennaker.triggers.server_group import ServerGroupOperationTrigger
+
+        deadline = time.monotonic() + inline_wait_seconds()
+        while True:
+            operations = self.refresh(operations)
+            _raise_failed(operations)
+            pending = [op for op in operations if not op.done]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(INLINE_POLL)
+        self.log.info(
+            "%s; waiting until done (in the triggerer, no worker slot held)",
+            "; ".join(f"{op.kind}: {op.message or 'running'}" for op in pending),
+        )
+        self._keep(context, kwargs)
+        self.defer(
+            trigger=ServerGroupOperationTrigger(
+                conn_id=self.account,
+                region=region,
+                operation_ids=[op.id for op in pending],
+                poll_interval=POLL_INTERVAL,
+                timeout=self.wait_seconds(),
+                not_before=self._not_before(),
+            ),
+            method_name=method_name,
+            kwargs=kwargs,
+        )
+
+    def refresh(self, operations: Sequence[Operation]) -> list[Operation]:
+        """The operations as they are now (those still running are asked again)."""
+        if all(op.done for op in operations):
+            return list(operations)
+        provider = self.get_provider()
+        with self.cloud_call("check on running operations"):
+            return [op if op.done else provider.operation(op.id) for op in operations]
+
+    def check_event(self, event: Mapping[str, Any] | None, doing: str) -> str:
+        """The event's message if the wait ended well; else fail saying ``doing`` did not finish."""
+        event = dict(event or {})
+        status = event.get("status")
+        message = str(event.get("message") or "no details")
+        if status in ("healthy", "succeeded"):
+            self.log.info("%s", message)
+            return message
+        if status == "timeout":
+            raise ServerGroupUnhealthy(f"{doing}: {message}")
+        raise CloudStageFailed(f"{doing}: {message}")
+
+    def _not_before(self) -> datetime:
+        return utc_in(_resume_grace())
+
+    def _keep(self, context: Any, kwargs: dict[str, Any]) -> None:
+        context["ti"].xcom_push(key=PENDING_KEY, value=kwargs.get("result"))
+
+    def pending(self, context: Any, result: dict[str, Any] | None) -> dict[str, Any]:
+        """The result a resumed stage carries on with: the defer kwargs', else the one kept in XCom."""
+        if result is None:
+            result = context["ti"].xcom_pull(task_ids=self.task_id, key=PENDING_KEY)
+        if not isinstance(result, dict):
+            raise CloudStageFailed(f"stage {self.stage_id!r} resumed without the state it deferred with")
+        return dict(result)
 
 
-def utc_in(delta: timedelta) -> datetime:
-    return datetime.now(timezone.utc) + delta
+def _raise_failed(operations: Sequence[Operation]) -> None:
+    failed = [op for op in operations if op.done and not op.succeeded]
+    if failed:
+        raise CloudStageFailed("; ".join(f"{op.kind} failed: {op.message}" for op in failed))
+
+
+class ClusterStageOperator(CloudStageOperator):
+    """A stage that acts on one server group of a cluster, named or picked as newest / previous / oldest."""
+
+    template_fields: Sequence[str] = ("account", "region", "target")
+    default_target: ClassVar[str] = NEWEST
+
+    def __init__(
+        self,
+        *,
+        application: str,
+        stack: str = "",
+        detail: str = "",
+        target: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.application = application
+        self.stack = stack
+        self.detail = detail
+        self.target = target or self.default_target
+
+    @property
+    def cluster(self) -> str:
+        """``<application>-<stack>-<detail>``."""
+        from gennaker.cloud.naming import cluster_name
+
+        return cluster_name(self.application, self.stack, self.detail)
+
+    def cluster_groups(self, application: str, cluster: str) -> list[ServerGroup]:
+        """The cluster's server groups, oldest first (those being destroyed left out)."""
+        provider = self.get_provider()
+        with self.cloud_call(f"list the server groups of {cluster}"):
+            groups = provider.list_server_groups(application, cluster=cluster, region=self.region or None)
+        return live_groups(groups, cluster)
+
+    def resolve(self, target: str | None = None) -> tuple[ServerGroup, list[ServerGroup]]:
+        """The target server group and its cluster's server groups (oldest first)."""
+        target = (target or self.target or "").strip()
+        if target in DYNAMIC_TARGETS:
+            try:
+                cluster = self.cluster
+            except InvalidName as error:
+                raise CloudStageFailed(f"stage {self.stage_id!r}: {error}") from error
+            groups = self.cluster_groups(self.application, cluster)
+            where = f"account {self.account!r}" + (f", region {self.region!r}" if self.region else "")
+            try:
+                return pick_target(groups, target, cluster, where), groups
+            except NotFound as error:
+                raise ServerGroupNotFound(error.message) from error
+        from gennaker.cloud.naming import parse_server_group_name
+
+        try:
+            names = parse_server_group_name(target)
+        except InvalidName:
+            names = None
+        if names is None or names.sequence is None:
+            raise CloudStageFailed(
+                f"stage {self.stage_id!r}: target {target!r} is neither newest, previous, oldest nor a server "
+                f"group name such as {self._example()}"
+            )
+        provider = self.get_provider()
+        with self.cloud_call(f"find server group {target}"):
+            group = provider.get_server_group(target, region=self.region or None)
+        groups = self.cluster_groups(names.app, names.cluster)
+        if all(g.name != group.name for g in groups):
+            groups = sorted([*groups, group], key=lambda g: g.created)
+        return group, groups
+
+    def _example(self) -> str:
+        try:
+            return f"{self.cluster}-v003"
+        except InvalidName:
+            return "hello-prod-v003"
+
+    def acted_on(self, op: Operation, name: str) -> str:
+        """The server group an operation is about: an earlier try's, if this key was used before."""
+        first = op.request.get("server_group")
+        if isinstance(first, str) and first and first != name:
+            self.log.info(
+                "an earlier try of this task already acted on %s (now the target would be %s); carrying on with %s",
+                first,
+                name,
+                first,
+            )
+            return first
+        return name
+
+    def outputs(self, group: ServerGroup, **more: Any) -> dict[str, Any]:
+        return {
+            "serverGroup": group.name,
+            "cluster": group.cluster,
+            "account": group.account,
+            "region": group.region,
+            "capacity": group.capacity.to_dict(),
+            **more,
+        }
+
+    def group_named(self, name: str, groups: Sequence[ServerGroup]) -> ServerGroup:
+        for g in groups:
+            if g.name == name:
+                return g
+        with self.cloud_call(f"find server group {name}"):
+            return self.get_provider().get_server_group(name, region=self.region or None)
+
+
+__all__ = [
+    "DEFAULT_WAIT",
+    "OUTCOME_KEY",
+    "PENDING_KEY",
+    "PIPELINE_HALTED",
+    "CloudStageFailed",
+    "CloudStageOperator",
+    "ClusterStageOperator",
+    "ImageNotFound",
+    "ServerGroupNotFound",
+    "ServerGroupUnhealthy",
+    "StageMixin",
+    "TrafficGuardBlocked",
+    "inline_wait_seconds",
+    "utc_in",
+]

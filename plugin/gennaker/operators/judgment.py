@@ -7,7 +7,7 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from gennaker.operators.base import StageMixin
+from gennaker.operators.gate import StageMixin
 
 
 class JudgmentStopped(AirflowFailException):

@@ -7,8 +7,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from gennaker.operators.base import StageMixin
 from gennaker.operators.expressions import evaluate, is_true
+from gennaker.operators.gate import StageMixin
 
 
 class PreconditionFailed(AirflowFailException):

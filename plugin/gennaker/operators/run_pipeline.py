@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
-from gennaker.operators.base import StageMixin
+from gennaker.operators.gate import StageMixin
 
 
 class RunPipelineOperator(StageMixin, TriggerDagRunOperator):

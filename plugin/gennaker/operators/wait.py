@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from gennaker.operators.base import StageMixin, utc_in
+from gennaker.operators.gate import StageMixin, utc_in
 
 
 class WaitStageOperator(StageMixin, BaseOperator):

@@ -1,6 +1,6 @@
 """The Clusters page's actions, done the way the pipeline stages do them, and followed to their end.
 
-Each action calls what the matching stage calls (``gennaker.operators.server_group``):
+Each action calls what the matching stage calls (through ``gennaker.strategies``):
 the provider's resize / enable / disable / destroy / terminate with an idempotency key,
 ``new_capacity`` for a resize, and for a rollback the stage's own ``plan_rollback``,
 ``start_rollback`` and ``finish_rollback``. Traffic guards are the provider's, so they
@@ -41,16 +41,9 @@ from gennaker.errors import (
     QuotaExceeded,
     TrafficGuardViolation,
 )
-from gennaker.operators.server_group import (
-    DEFAULT_WAIT,
-    DYNAMIC_TARGETS,
-    RollbackPlan,
-    live_groups,
-    new_capacity,
-    pick_target,
-    plan_rollback,
-    start_rollback,
-)
+from gennaker.strategies.capacity import new_capacity
+from gennaker.strategies.rollback import DEFAULT_WAIT, RollbackPlan, plan_rollback, start_rollback
+from gennaker.strategies.targets import DYNAMIC_TARGETS, live_groups, pick_target
 from gennaker.web import models as m
 from gennaker.web import views
 from gennaker.web.actionlock import ActionLocks, ClusterLocked

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from gennaker.cloud.model import Operation
 from gennaker.cloud.provider import CloudProvider, IdempotencyKey
 from gennaker.errors import CloudError
-from gennaker.operators.server_group import RollbackPlan, finish_rollback
+from gennaker.strategies.rollback import RollbackPlan, finish_rollback
 from gennaker.web import models as m
 from gennaker.web.actions import refresh, status_for
 
