@@ -34,8 +34,8 @@ from gennaker.cloud.model import (
 )
 from gennaker.cloud.naming import format_server_group_name
 from gennaker.cloud.provider import IdempotencyKey, ProviderUnavailable
-from gennaker.operators import canary as canary_mod
 from gennaker.operators import base as sg
+from gennaker.operators import canary as canary_mod
 from gennaker.operators.canary import (
     CanaryCleanupOperator,
     CanaryFailed,
