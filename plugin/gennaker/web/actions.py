@@ -39,6 +39,7 @@ from gennaker.errors import (
     OperationFailed,
     ProviderUnavailable,
     QuotaExceeded,
+    SharedStateUnavailable,
     TrafficGuardViolation,
 )
 from gennaker.strategies.capacity import new_capacity
@@ -64,7 +65,7 @@ def status_for(error: CloudError) -> int:
         return 409
     if isinstance(error, InvalidRequest):
         return 400
-    if isinstance(error, ProviderUnavailable):
+    if isinstance(error, (ProviderUnavailable, SharedStateUnavailable)):
         return 503
     if isinstance(error, OperationFailed):
         return 502

@@ -1,7 +1,8 @@
 """A broken ``$GENNAKER_HOME`` answers 503 with what to fix, never a stack trace or a server path.
 
 Every Clusters API route needs the gennaker home: the local account's state
-(``local/state.db``), the audit trail (in that file) and the cluster locks (``locks.db``).
+(``local/state.db``). (The audit trail and the cluster locks live in gennaker's shared tables,
+:mod:`gennaker.db`, whose absence is a 503 ``SharedStateUnavailable`` of its own.)
 :func:`check_home` looks at it before a route runs (a few ``stat`` calls and an SQLite
 read of each file's header per request): missing and not creatable, not writable by the API server's user, or a
 state file SQLite cannot read all raise :class:`LocalStateUnavailable` (HTTP 503,
@@ -21,7 +22,7 @@ from gennaker.paths import gennaker_home
 
 log = logging.getLogger(__name__)
 
-STATE_FILES = ("local/state.db", "locks.db")
+STATE_FILES = ("local/state.db",)
 HINT = (
     "check the API server's GENNAKER_HOME (else AIRFLOW_HOME/gennaker): it must be the directory the scheduler, "
     "workers and triggerer use, exist (or be creatable) and be writable by the API server's user; a state file "
