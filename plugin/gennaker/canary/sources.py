@@ -413,7 +413,7 @@ def _seconds(value: Any, default: float) -> float:
         return value.total_seconds()
     if isinstance(value, int | float):
         return float(value)
-    from gennaker.spec.durations import parse_duration
+    from gennaker.durations import parse_duration
 
     return parse_duration(value).total_seconds()
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gennaker.spec.durations import Duration
+from gennaker.durations import Duration
 from gennaker.spec.models_common import CloudStage, ClusterRef, SpecModel
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gennaker.spec.durations import Duration
+from gennaker.durations import Duration
 from gennaker.spec.models_common import MAX_CAPACITY, Capacity, CloudStage, ClusterRef, SpecModel
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from gennaker.spec.durations import Duration
+from gennaker.durations import Duration
 
 IDENT = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 NAME = r"^[a-z0-9][a-z0-9_-]*$"

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from gennaker.spec.durations import Duration
+from gennaker.durations import Duration
 from gennaker.spec.models_common import APP_NAME, Notification, RunStatus, SpecModel, check_timezone
 from gennaker.spec.models_stages import Stage
 

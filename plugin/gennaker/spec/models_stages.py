@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from gennaker.spec.durations import Duration
+from gennaker.durations import Duration
 from gennaker.spec.models_canary import CanaryStage
 from gennaker.spec.models_cloud import (
     BakeStage,

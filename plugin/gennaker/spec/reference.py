@@ -9,8 +9,8 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from gennaker.durations import format_duration
 from gennaker.spec import models as m
-from gennaker.spec.durations import format_duration
 
 INTRO = """\
 # The pipeline language

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
+from gennaker.durations import parse_duration
 from gennaker.errors import Loc, Position, SpecError
-from gennaker.spec.durations import parse_duration
 from gennaker.spec.models import SpecModel
 from gennaker.spec.validation import did_you_mean, errors_from_validation
 from gennaker.spec.yamlsource import Document, SourceMap, load_file

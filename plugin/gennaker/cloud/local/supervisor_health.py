@@ -18,8 +18,8 @@ from datetime import timedelta
 from typing import Any, NamedTuple
 
 from gennaker.cloud.local.processes import LOCALHOST
+from gennaker.durations import format_duration, parse_duration
 from gennaker.errors import InvalidRequest
-from gennaker.spec.durations import format_duration, parse_duration
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gennaker.durations import parse_duration
 from gennaker.errors import InvalidRequest
-from gennaker.spec.durations import parse_duration
 
 MODULE = "gennaker.cloud.local.supervisor"
 MODULES = (MODULE, "gennaker.cloud.local_supervisor")

@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from gennaker.spec.durations import Duration, format_duration, parse_duration
+from gennaker.durations import Duration, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_the_pydantic_type_parses_and_serialises() -> None:
 def test_nan_is_not_a_duration():
     import pytest
 
-    from gennaker.spec.durations import parse_duration
+    from gennaker.durations import parse_duration
 
     with pytest.raises(ValueError, match="NaN"):
         parse_duration(float("nan"))
