@@ -122,12 +122,21 @@ def boot_id() -> str | None:
 
 
 def cmdline(pid: int) -> list[str] | None:
-    """The process's command line (None if it cannot be read: gone, or no ``/proc``)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    """The process's command line (None if it cannot be read: gone, or no ``/proc``).
+
+    Right after ``exec`` the kernel can show an empty command line for a moment; a live process always
+    has one, so an empty read is tried again for up to 0.2 s (else a process just started would not be
+    recognised as the one we started).
+    """
+    deadline = time.monotonic() + 0.2
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        if raw or time.monotonic() >= deadline:
+            return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        time.sleep(0.005)
 
 
 def environ_has(pid: int, entry: str) -> bool:
