@@ -20,15 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from gennaker.errors import ArtifactRefused
 from gennaker.redact import redact_url
 
 URL_SCHEMES = ("http", "https")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 ALLOW_HINT = "artifacts.allow (in the pipeline or a defaults.yaml)"
-
-
-class ArtifactRefused(ValueError):
-    """The artifact reference is not allowed; the message says why and what to change."""
 
 
 @dataclass(frozen=True)

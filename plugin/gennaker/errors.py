@@ -16,21 +16,46 @@ The tree::
      +-- CloudError                  anything a provider raises on purpose (has a hint)
           +-- InvalidRequest         the request is wrong; fix it, do not retry   (also ValueError)
           |    +-- InvalidName       not an app-stack-detail-v000 name
+          |    +-- AccountNotSupported   a connection gennaker cannot use (yet)
+          |    |    +-- ProviderNotInstalled  its provider's extra is not installed
+          |    +-- MetricSourceUnavailable   a metric source a spec names cannot run here
+          |    +-- ListenerPortInUse a local load balancer's port is taken by another program
           |    +-- IdempotencyConflict   one key reused for a different operation
           +-- NotFound               no such image / server group / ...          (also LookupError)
+          |    +-- AccountNotFound   the stage's account names no Airflow connection
           +-- AlreadyExists          the name is taken
           |    +-- SequenceExhausted all 1000 server group names of a cluster exist
           +-- TrafficGuardViolation  would take the last serving group of a guarded cluster out
           +-- QuotaExceeded          an account limit (instances, groups, addresses) is reached
+          |    +-- CapacityLimitExceeded  above the limit for one server group or the account
           +-- ProviderUnavailable    the cloud did not answer or throttled us; retryable
           +-- OperationFailed        a polled Operation ended FAILED
           +-- NotSupported           an optional provider method this provider does not offer
+          +-- SharedStateUnavailable the shared tables (locks, audit) cannot be used; run `gennaker db migrate`
+     +-- ArtifactRefused             an artifact reference a trigger sent is not allowed    (also ValueError)
+     +-- ExpressionError             a `when`/precondition expression could not be evaluated (also ValueError)
+     +-- CanaryError                 the canary could not be judged
+          +-- CanaryConfigProblem    a canary stage's metrics cannot be run as written      (also ValueError)
+          +-- CanaryJudgeError       invalid canary config, thresholds or metric data       (also ValueError)
+          +-- MannWhitneyError       the statistic cannot be computed (all tied, empty)     (also ValueError)
+          +-- MetricSourceError      a metric query could not be answered
+     +-- WebError                    what the Clusters API answers with an HTTP status (has a hint)
+          +-- Forbidden              403: the caller may not do this to the application
+          +-- ClusterLocked          409: a pipeline (or another action) holds the cluster's lock
+          +-- Unsupported            501: the account's provider cannot answer this
+          +-- LocalStateUnavailable  503: the gennaker home or its state cannot be used
 
 A provider turns its cloud's own errors (botocore ``ClientError`` codes, Google API
 ``HttpError`` reasons, a local process that would not start) into the ``CloudError``
 classes, so stages, triggers and the web UI handle one set. Only
 :class:`ProviderUnavailable` is :attr:`~CloudError.retryable`: the others fail the same way
 on every attempt, so an Airflow retry would only delay the news.
+
+A stage's own outcome is an Airflow exception, so Airflow fails (and retries, or not) the
+task as it should: ``CloudStageFailed`` (``AirflowFailException``: no retry) and its
+subclasses, ``ServerGroupUnhealthy`` (``AirflowException``: retried), ``JudgmentStopped``,
+``PreconditionFailed``. They live with the operators (this module imports no Airflow) and
+are ``GennakerError`` too, so one ``except GennakerError`` sees every error of ours.
 
 This module imports nothing of gennaker: every layer (spec, cloud, operators, web) may raise
 these without importing another layer.
@@ -266,3 +291,121 @@ class SharedStateUnavailable(CloudError):
         "run `gennaker db migrate` with this deployment's Airflow configuration (and its GENNAKER_STATE_DB, "
         "if it sets one)"
     )
+
+
+class AccountNotSupported(InvalidRequest):
+    """The stage's account is a connection gennaker cannot use (yet)."""
+
+    default_hint = "use a connection of type gennaker_local, or the embedded account 'local' (no connection needed)"
+
+
+class ProviderNotInstalled(AccountNotSupported):
+    """The account's provider needs an extra (or a package) that is not installed."""
+
+    default_hint = "install the provider's extra in every Airflow component (scheduler, workers, API server)"
+
+
+class AccountNotFound(NotFound):
+    """The stage's account names no Airflow connection."""
+
+    default_hint = (
+        "create an Airflow connection of type gennaker_local with that id (or set AIRFLOW_CONN_<ID>), "
+        "or use the embedded account 'local'"
+    )
+
+
+class MetricSourceUnavailable(InvalidRequest):
+    """A metric source a spec names cannot run here; the message says why."""
+
+
+class ListenerPortInUse(InvalidRequest):
+    """A listener's port on 127.0.0.1 is taken by a program other than this load balancer's proxy."""
+
+    default_hint = "choose another port in the load balancer's listeners"
+
+    def __init__(self, port: int, *, hint: str | None = None) -> None:
+        super().__init__(f"port {port} on 127.0.0.1 is in use by another program", hint=hint)
+        self.port = port
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class CapacityLimitExceeded(QuotaExceeded):
+    """A capacity above the provider's limit for one server group or for the whole account."""
+
+    default_hint = "ask for fewer instances, or raise the account's limit"
+
+
+class ArtifactRefused(GennakerError, ValueError):
+    """The artifact reference is not allowed; the message says why and what to change."""
+
+
+class ExpressionError(GennakerError, ValueError):
+    """An expression that could not be evaluated (undefined name, syntax error)."""
+
+
+class CanaryError(GennakerError):
+    """Base of the canary's errors: the canary could not be judged."""
+
+
+class CanaryConfigProblem(CanaryError, ValueError):
+    """A canary stage's metrics cannot be run as written; ``loc`` is the field at fault, under the stage."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+class CanaryJudgeError(CanaryError, ValueError):
+    """The judgement cannot be made: an invalid canary config, thresholds or metric data."""
+
+
+class MannWhitneyError(CanaryError, ValueError):
+    """The test cannot be computed (e.g. every observation is tied, an empty sample)."""
+
+
+class MetricSourceError(CanaryError):
+    """A query could not be answered; the message says which query, for which server group, and why."""
+
+
+class WebError(GennakerError):
+    """Base of what the Clusters API answers with an HTTP status: ``detail`` and ``hint`` go into the body."""
+
+    status: ClassVar[int] = 500
+
+    def __init__(self, detail: str, hint: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.hint = hint
+
+
+class Forbidden(WebError):
+    """The caller may not do this to the application (HTTP 403)."""
+
+    status = 403
+
+
+class ClusterLocked(WebError):
+    """An action was refused because the cluster's lock is held by someone else (HTTP 409).
+
+    ``holder`` is the lock's holder as :mod:`gennaker.cloud.locks` describes it.
+    """
+
+    status = 409
+
+    def __init__(self, detail: str, hint: str, holder: Any) -> None:
+        super().__init__(detail, hint)
+        self.holder = holder
+
+
+class Unsupported(WebError):
+    """The account's provider cannot answer this (HTTP 501)."""
+
+    status = 501
+
+
+class LocalStateUnavailable(WebError):
+    """gennaker's home or its state files cannot be used (HTTP 503); the message names no path."""
+
+    status = 503

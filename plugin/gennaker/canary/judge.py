@@ -50,6 +50,7 @@ from gennaker.canary.scorer import (
     score_results,
 )
 from gennaker.canary.stats import SummaryStats, summary_stats
+from gennaker.errors import CanaryJudgeError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,10 +85,6 @@ MIN_CONTROL_POINTS = 50
 LOW_DATA_WARNING = (
     "One of the metrics returned fewer than 50 data points, which can reduce confidence in the final canary score."
 )
-
-
-class CanaryJudgeError(ValueError):
-    """The judgement cannot be made: an invalid canary config, thresholds or metric data."""
 
 
 def _bool(value: Any, where: str) -> bool:

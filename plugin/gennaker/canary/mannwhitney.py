@@ -37,6 +37,7 @@ from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 from gennaker.canary.stats import as_float_array
+from gennaker.errors import MannWhitneyError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,10 +62,6 @@ BRENT_TOLERANCE = 1e-4
 #: ``uniroot``'s default ``maxiter``.
 BRENT_MAX_ITERATIONS = 1000
 _EPSILON = 2.220446049250313e-16  # DBL_EPSILON, as in R's zeroin.c
-
-
-class MannWhitneyError(ValueError):
-    """The test cannot be computed (e.g. every observation is tied, an empty sample)."""
 
 
 def z_quantile(p: float) -> float:

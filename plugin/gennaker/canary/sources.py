@@ -52,6 +52,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gennaker import safehttp
+from gennaker.errors import MetricSourceError
 from gennaker.redact import redact_text, redact_url
 from gennaker.safehttp import credential_request, split_userinfo
 from gennaker.spec.models import CANARY_QUERY_VARIABLES
@@ -79,10 +80,6 @@ LOCAL_SERIES = ("requests", "errors", "error_rate", "latency_mean", "latency_p50
 
 _PLACEHOLDER = re.compile(r"\$\{\s*([^}]*?)\s*\}")
 _PROMQL_PREFIX = "PromQL:"
-
-
-class MetricSourceError(Exception):
-    """A query could not be answered; the message says which query, for which server group, and why."""
 
 
 # --------------------------------------------------------------------------- scope and series
@@ -401,7 +398,7 @@ def metric_source(spec: Mapping[str, Any], provider: Callable[[], CloudProvider]
     kind = str(spec.get("type") or "local")
     try:
         source: type[MetricSource] = registry.metric_source_class(kind)
-    except registry.Unavailable as error:
+    except registry.MetricSourceUnavailable as error:
         raise MetricSourceError(error.message) from None
     return source.from_spec(spec, provider)
 

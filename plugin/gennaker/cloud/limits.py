@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gennaker.cloud.model import Capacity, ServerGroup
-from gennaker.errors import InvalidRequest, QuotaExceeded
+from gennaker.errors import (
+    CapacityLimitExceeded,
+    InvalidRequest,
+)
 
 SANE_MAX_CAPACITY = 10_000
 """No server group of any provider may ask for more (a spec's ``capacity.max`` above it is a spec error)."""
@@ -32,12 +35,6 @@ LOCAL_MAX_ACCOUNT_INSTANCES = 100
 GROUP_SETTING = "max_server_group_capacity"
 ACCOUNT_SETTING = "max_account_instances"
 ENV_PREFIX = "GENNAKER_LOCAL_"
-
-
-class CapacityLimitExceeded(QuotaExceeded):
-    """A capacity above the provider's limit for one server group or for the whole account."""
-
-    default_hint = "ask for fewer instances, or raise the account's limit"
 
 
 @dataclass(frozen=True)

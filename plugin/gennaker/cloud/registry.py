@@ -43,7 +43,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from gennaker.errors import InvalidRequest, NotFound
+from gennaker.errors import (
+    AccountNotFound,
+    AccountNotSupported,
+    MetricSourceUnavailable,
+    ProviderNotInstalled,
+)
 
 if TYPE_CHECKING:
     from gennaker.cloud.provider import CloudProvider
@@ -137,31 +142,6 @@ class AccountType(Protocol):
     def from_connection(cls, conn_id: str, conn: Any, region: str | None) -> CloudProvider:
         """The provider of the account ``conn_id``."""
         ...
-
-
-class AccountNotSupported(InvalidRequest):
-    """The stage's account is a connection gennaker cannot use (yet)."""
-
-    default_hint = "use a connection of type gennaker_local, or the embedded account 'local' (no connection needed)"
-
-
-class ProviderNotInstalled(AccountNotSupported):
-    """The account's provider needs an extra (or a package) that is not installed."""
-
-    default_hint = "install the provider's extra in every Airflow component (scheduler, workers, API server)"
-
-
-class AccountNotFound(NotFound):
-    """The stage's account names no Airflow connection."""
-
-    default_hint = (
-        "create an Airflow connection of type gennaker_local with that id (or set AIRFLOW_CONN_<ID>), "
-        "or use the embedded account 'local'"
-    )
-
-
-class Unavailable(InvalidRequest):
-    """A metric source a spec names cannot run here; the message says why."""
 
 
 # --------------------------------------------------------------------------- reading the entry points
@@ -366,15 +346,15 @@ def metric_source_problem(kind: str) -> str | None:
 
 
 def metric_source_class(kind: str) -> Any:
-    """The metric source class of a ``metricSource.type``, imported; :class:`Unavailable` if none."""
+    """The metric source class of a ``metricSource.type``, imported; :class:`MetricSourceUnavailable` if none."""
     problem = metric_source_problem(kind)
     if problem is not None:
-        raise Unavailable(problem)
+        raise MetricSourceUnavailable(problem)
     try:
         return _load(METRIC_SOURCES_GROUP, kind)
     except ImportError as error:
         entry = _entries(METRIC_SOURCES_GROUP)[kind]
-        raise Unavailable(
+        raise MetricSourceUnavailable(
             f"metric source {kind!r} ({entry.value}, package {entry.package}) cannot be imported: {error}"
         ) from error
 
@@ -404,9 +384,9 @@ __all__ = [
     "AccountNotFound",
     "AccountNotSupported",
     "AccountType",
+    "MetricSourceUnavailable",
     "Planned",
     "ProviderNotInstalled",
-    "Unavailable",
     "clear_cache",
     "connection_types",
     "hook_class_path",

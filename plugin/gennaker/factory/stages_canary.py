@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gennaker.errors import SpecError
+from gennaker.errors import (
+    CanaryConfigProblem,
+    SpecError,
+)
 from gennaker.factory.stages_common import (
     StageBuild,
     account_of,
@@ -23,14 +26,6 @@ from gennaker.spec.models import (
 )
 
 
-class CanaryConfigProblem(ValueError):
-    """A canary stage's metrics cannot be run as written; ``loc`` is the field at fault, under the stage."""
-
-    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
-        super().__init__(message)
-        self.loc = loc
-
-
 def canary_config(s: CanaryStage, spec_path: Path | None) -> tuple[dict[str, Any], dict[str, str]]:
     """The Kayenta canary config a canary stage judges with, and each metric's query.
 
@@ -44,7 +39,7 @@ def canary_config(s: CanaryStage, spec_path: Path | None) -> tuple[dict[str, Any
     source = s.metric_source.type
     try:  # the spec's validation made sure an installed source has this type; it may still fail to import
         known: tuple[str, ...] | None = registry.metric_source_class(source).known_queries
-    except registry.Unavailable as error:
+    except registry.MetricSourceUnavailable as error:
         raise CanaryConfigProblem(error.message, ("metricSource", "type")) from None
     if s.config_file is None:
         metrics = [m.model_dump(mode="json", by_alias=True) for m in s.metrics]

@@ -27,6 +27,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from gennaker.errors import (
     CloudError,
+    GennakerError,
     InvalidName,
     NotFound,
     ProviderUnavailable,
@@ -66,7 +67,7 @@ def inline_wait_seconds() -> float:
 # --------------------------------------------------------------------------- failures
 
 
-class CloudStageFailed(AirflowFailException):
+class CloudStageFailed(AirflowFailException, GennakerError):
     """A cloud stage failed in a way a retry cannot fix (the message says what to do)."""
 
 
@@ -82,7 +83,7 @@ class ImageNotFound(CloudStageFailed):
     """findImage found no image of the package with the given tags."""
 
 
-class ServerGroupUnhealthy(AirflowException):
+class ServerGroupUnhealthy(AirflowException, GennakerError):
     """A server group did not become healthy in time (a retry waits again)."""
 
 

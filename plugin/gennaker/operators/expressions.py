@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gennaker.errors import ExpressionError
+
 _FALSE = {"", "false", "0", "no", "off", "none", "null"}
-
-
-class ExpressionError(ValueError):
-    """An expression that could not be evaluated (undefined name, syntax error)."""
 
 
 def as_template(expression: str) -> str:

@@ -7,10 +7,11 @@ from typing import Any
 from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from gennaker.errors import GennakerError
 from gennaker.operators.gate import StageMixin
 
 
-class JudgmentStopped(AirflowFailException):
+class JudgmentStopped(AirflowFailException, GennakerError):
     """The person chose an option that stops the pipeline."""
 
 

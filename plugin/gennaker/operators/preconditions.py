@@ -7,11 +7,12 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from gennaker.errors import GennakerError
 from gennaker.operators.expressions import evaluate, is_true
 from gennaker.operators.gate import StageMixin
 
 
-class PreconditionFailed(AirflowFailException):
+class PreconditionFailed(AirflowFailException, GennakerError):
     """A precondition of a checkPreconditions stage is false."""
 
 

@@ -125,7 +125,7 @@ class MetricSource(SpecModel):
 
         try:
             source = registry.metric_source_class(self.type)
-        except registry.Unavailable as error:
+        except registry.MetricSourceUnavailable as error:
             raise ValueError(error.message) from None
         problem = source.check_spec(self.model_dump(mode="json", by_alias=True))
         if problem is not None:

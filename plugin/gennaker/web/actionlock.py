@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from gennaker.cloud.locks import ClusterLocks, Holder, cluster_resource
+from gennaker.errors import ClusterLocked
 from gennaker.web.links import run_page_url
 
 log = logging.getLogger(__name__)
@@ -61,17 +62,6 @@ def describe(holder: Holder) -> HolderView:
     return HolderView(detail=detail, hint=f"try again when that run's task ends: {run_page_url(dag_id, run_id)}")
 
 
-class ClusterLocked(Exception):
-    """An action was refused because the cluster's lock is held by someone else (HTTP 409)."""
-
-    def __init__(self, cluster: str, holder: Holder) -> None:
-        view = describe(holder)
-        self.holder = holder
-        self.detail = f"cluster {cluster} is busy: it is locked by {view.detail}"
-        self.hint = view.hint
-        super().__init__(self.detail)
-
-
 class ActionLocks:
     """The cluster locks the actions hold, by action id (one API server worker's share of the lock table)."""
 
@@ -88,7 +78,8 @@ class ActionLocks:
         owner = ui_owner(action_id, user)
         holder = self._locks().acquire(resource, owner, note=note, lease=lease)
         if holder is not None:
-            raise ClusterLocked(cluster, holder)
+            view = describe(holder)
+            raise ClusterLocked(f"cluster {cluster} is busy: it is locked by {view.detail}", view.hint, holder)
         with self._guard:
             self._held[action_id] = (resource, owner)
 

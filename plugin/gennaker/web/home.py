@@ -18,6 +18,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from gennaker.errors import LocalStateUnavailable
 from gennaker.paths import gennaker_home
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,6 @@ HINT = (
 )
 
 
-class LocalStateUnavailable(Exception):
-    """gennaker's home or its state files cannot be used (HTTP 503); the message names no path."""
-
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        self.hint = HINT
-        super().__init__(detail)
-
-
 def check_home(home: Path | None = None) -> None:
     """Raise :class:`LocalStateUnavailable` if the gennaker home (default: ``$GENNAKER_HOME``) cannot be used."""
     home = home if home is not None else gennaker_home()
@@ -47,11 +39,11 @@ def check_home(home: Path | None = None) -> None:
             home.mkdir(parents=True, exist_ok=True)  # as every other gennaker process would on first use
         except OSError as error:
             log.error("gennaker home %s is missing and cannot be created: %s", home, error)
-            raise LocalStateUnavailable("gennaker's home directory is missing and cannot be created") from None
+            raise LocalStateUnavailable("gennaker's home directory is missing and cannot be created", HINT) from None
     for directory in (home, home / "local"):
         if directory.exists() and not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
             log.error("gennaker home directory %s is not writable by this process", directory)
-            raise LocalStateUnavailable("gennaker's home directory is read-only for the API server")
+            raise LocalStateUnavailable("gennaker's home directory is read-only for the API server", HINT)
     for name in STATE_FILES:
         _check_state_file(home / name)
 
@@ -61,7 +53,7 @@ def _check_state_file(path: Path) -> None:
         return  # created on first use
     if not os.access(path, os.R_OK | os.W_OK):
         log.error("gennaker state file %s is not writable by this process", path)
-        raise LocalStateUnavailable("a gennaker state file is read-only for the API server")
+        raise LocalStateUnavailable("a gennaker state file is read-only for the API server", HINT)
     # Read through SQLite, never with open(): closing another descriptor of a database file drops the
     # POSIX locks that this process's SQLite connections hold on it (SQLite shares them safely).
     try:
@@ -74,16 +66,16 @@ def _check_state_file(path: Path) -> None:
         if "locked" in str(error) or "busy" in str(error):
             return  # busy is not broken: the route waits for it as usual
         log.error("gennaker state file %s cannot be opened: %s", path, error)
-        raise LocalStateUnavailable("a gennaker state file cannot be opened") from None
+        raise LocalStateUnavailable("a gennaker state file cannot be opened", HINT) from None
     except sqlite3.DatabaseError as error:
         log.error("gennaker state file %s is not an SQLite database (corrupt?): %s", path, error)
-        raise LocalStateUnavailable("a gennaker state file is corrupt (not an SQLite database)") from None
+        raise LocalStateUnavailable("a gennaker state file is corrupt (not an SQLite database)", HINT) from None
 
 
 def unavailable_from(error: Exception) -> LocalStateUnavailable:
     """The 503 for an SQLite or file error met while serving a route (logged here with its details)."""
     log.error("the local state failed: %r", error)
-    return LocalStateUnavailable(f"gennaker's local state cannot be used ({type(error).__name__})")
+    return LocalStateUnavailable(f"gennaker's local state cannot be used ({type(error).__name__})", HINT)
 
 
 __all__ = ["LocalStateUnavailable", "check_home", "unavailable_from"]

@@ -21,7 +21,13 @@ from typing import Any
 
 from gennaker.cloud.model import Operation, OperationStatus
 from gennaker.cloud.provider import CloudProvider
-from gennaker.errors import CloudError, NotFound, NotSupported
+from gennaker.errors import (
+    CloudError,
+    Forbidden,
+    NotFound,
+    NotSupported,
+    Unsupported,
+)
 from gennaker.web import models as m
 from gennaker.web import views
 from gennaker.web.accounts import Accounts
@@ -32,14 +38,6 @@ from gennaker.web.cache import DEFAULT_MAX_STALE, DEFAULT_TTL, SnapshotCache
 from gennaker.web.reader import AccountSnapshot, read_account, warm
 
 log = logging.getLogger(__name__)
-
-
-class Forbidden(Exception):
-    """The caller may not do this to the application (HTTP 403)."""
-
-
-class Unsupported(Exception):
-    """The account's provider cannot answer this (HTTP 501)."""
 
 
 @dataclass(frozen=True)

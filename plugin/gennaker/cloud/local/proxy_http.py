@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gennaker.cloud.local.processes import LOCALHOST
 from gennaker.cloud.model import Instance, LoadBalancer
-from gennaker.errors import InvalidRequest
+from gennaker.errors import ListenerPortInUse
 
 if TYPE_CHECKING:
     from gennaker.cloud.local.proxy_process import ProxyProcess
@@ -68,19 +68,6 @@ _REQUEST_REPLACED = frozenset({"content-length", "expect", "host", "x-forwarded-
 _RESPONSE_REPLACED = frozenset({"x-gennaker-server-group", "x-gennaker-instance"})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE")
-
-
-class ListenerPortInUse(InvalidRequest):
-    """A listener's port on 127.0.0.1 is taken by a program other than this load balancer's proxy."""
-
-    default_hint = "choose another port in the load balancer's listeners"
-
-    def __init__(self, port: int, *, hint: str | None = None) -> None:
-        super().__init__(f"port {port} on {HOST} is in use by another program", hint=hint)
-        self.port = port
-
-    def __str__(self) -> str:
-        return f"{self.message}; {self.hint}" if self.hint else self.message
 
 
 class _ClientError(Exception):
